@@ -1,0 +1,26 @@
+"""Errors a user can cause and fix, shown as one clear message (no traceback)."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input or configuration.
+
+    The CLI prints ``str(error)`` on one line and exits with ``exit_code``; nothing a user
+    can fix ends in a traceback. Never put a secret in the message.
+    """
+
+    exit_code: int = 2
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class SchemaError(UserError):
+    """The input does not have the columns or types the pipeline needs."""
+
+
+class SourceUnavailableError(UserError):
+    """The source could not be read (Hub unreachable, file missing, unreadable file)."""

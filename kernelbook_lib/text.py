@@ -1,0 +1,51 @@
+"""Pure text helpers: the solution inside ``<answer>`` tags, code fences, problem ids."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_FENCE_RE = re.compile(r"```[ \t]*[A-Za-z0-9_+-]*[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def extract_answer(content: str | None) -> str | None:
+    """The text of the last ``<answer>...</answer>`` block, stripped; ``None`` if there is none
+    or it is empty. The last block is the model's final answer when it quoted the tag earlier."""
+    if not content:
+        return None
+    blocks = _ANSWER_RE.findall(content)
+    if not blocks:
+        return None
+    answer = blocks[-1].strip()
+    return answer or None
+
+
+def solution_code(answer: str) -> str:
+    """The Python source inside an answer: the fenced code blocks joined, or the answer itself
+    when it has no fences. Used for parsing only; the answer itself is what the judge is shown."""
+    blocks = _FENCE_RE.findall(answer)
+    if not blocks:
+        return answer.strip()
+    return "\n\n".join(block.strip("\n") for block in blocks)
+
+
+def normalize_code(code: str) -> str:
+    """The normalisation under ``problem_id``: line endings to ``\\n``, tabs kept, trailing
+    white space removed from every line, blank lines at the start and the end removed.
+
+    Nothing that could change meaning is touched (no comment or docstring stripping), so two
+    modules that differ in any token are two problems, whatever their ``module_name``.
+    """
+    lines = code.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = [line.rstrip() for line in lines]
+    while lines and not lines[0]:
+        lines.pop(0)
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
+
+
+def problem_id(python_code: str) -> str:
+    """A stable id for a problem: the first 16 hex digits of SHA-256 of the normalised code."""
+    return hashlib.sha256(normalize_code(python_code).encode("utf-8")).hexdigest()[:16]
