@@ -23,4 +23,17 @@ class SchemaError(UserError):
 
 
 class SourceUnavailableError(UserError):
-    """The source could not be read (Hub unreachable, file missing, unreadable file)."""
+    """The source could not be read (Hub unreachable, file missing, unreadable file).
+
+    ``transient`` is true when trying again later may work (the Hub could not be reached)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class RunFailedError(UserError):
+    """The run finished its work but its result must not be trusted (e.g. too many rows failed
+    to be judged). Everything it could write is written; the message says what to do."""
+
+    exit_code = 1

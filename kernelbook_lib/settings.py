@@ -6,6 +6,7 @@ object nor a key is ever a Prefect parameter or a persisted result.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError
@@ -20,7 +21,8 @@ DEFAULT_MODEL = "openai/gpt-5.2"
 class Settings(BaseSettings):
     """Every variable is documented in ``.env.example``."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # Empty values (``KEY=`` in .env.example) mean "not set".
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
     # The OpenAI-compatible endpoint (Prime Intellect by default).
     llm_base_url: str = DEFAULT_BASE_URL
@@ -53,7 +55,8 @@ class Settings(BaseSettings):
 def load_settings() -> Settings:
     """Read the settings; a bad value is a :class:`UserError` naming the variable, never the value."""
     try:
-        return Settings()
+        # KERNELBOOK_ENV_FILE points at another .env (the tests point it at nothing).
+        return Settings(_env_file=os.environ.get("KERNELBOOK_ENV_FILE", ".env"))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()

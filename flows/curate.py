@@ -1,0 +1,68 @@
+"""The ``curate`` flow: load -> filter -> judge -> dedupe -> split -> export.
+
+Run it with ``kernelbook curate`` (the CLI), ``python -m flows.curate``, or as a deployment
+(``prefect.yaml``). Parameters are flat and typed so every entry point passes the same ones.
+"""
+
+from __future__ import annotations
+
+import tasks  # noqa: F401  (Prefect environment defaults, before prefect is imported)
+
+from typing import Literal
+
+from prefect import flow
+
+from kernelbook_lib.loading import DEFAULT_SOURCE
+from kernelbook_lib.stages import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION
+from kernelbook_lib.summary import now_iso
+from tasks.curate import (
+    dedupe,
+    export_outputs,
+    filter_rewards,
+    judge_rows,
+    load_source,
+    prepare_out,
+    resolve_judge,
+    split_by_problem,
+    validate_rows,
+)
+
+
+@flow(name="curate", log_prints=False)
+def curate(
+    source: str = DEFAULT_SOURCE,
+    split: Literal["train", "validation", "all"] = "train",
+    threshold: float = DEFAULT_THRESHOLD,
+    judge: Literal["auto", "static"] = "auto",
+    limit: int | None = None,
+    seed: int = DEFAULT_SEED,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    group_by: Literal["problem_id", "module_name"] = "problem_id",
+    out: str = "outputs",
+) -> dict:
+    """Curate eval rollouts into the ``filtered`` and ``unique`` SFT datasets in ``out``."""
+    started_at = now_iso()
+    out_dir = prepare_out(out)
+    loaded = validate_rows(load_source(source, split))
+    kept = filter_rewards(loaded.frame, threshold, limit)
+    judged, judge_info = judge_rows(kept.frame, resolve_judge(judge))
+    unique = dedupe(judged.frame, group_by)
+    filtered_split, splitted = split_by_problem(judged.frame, unique.frame, seed, val_fraction)
+    summary = export_outputs(
+        out_dir,
+        dict(
+            source=source, split=split, threshold=threshold, limit=limit, **judge_info,
+            group_by=group_by, seed=seed, val_fraction=val_fraction, started_at=started_at,
+            stages=[r.report for r in (loaded, kept, judged, unique, splitted)],
+        ),
+        filtered_split,
+        splitted.frame,
+        [loaded, kept, judged],
+    )
+    return summary.model_dump(mode="json")
+
+
+if __name__ == "__main__":
+    from kernelbook_cli import main
+
+    main(["curate", *__import__("sys").argv[1:]])

@@ -1,0 +1,91 @@
+"""The ``kernelbook`` command line: one sub-command per flow.
+
+Flows (and so Prefect, ~4 s to import) are imported only when a command runs, so ``--help``
+is instant. A :class:`~kernelbook_lib.errors.UserError` ends the run with one clear line on
+stderr and its exit code (2 for a user mistake), never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from kernelbook_lib.errors import UserError
+
+app = typer.Typer(
+    name="kernelbook",
+    help="Curate LLM eval rollouts of Triton kernels into judged, deduplicated, leak-free SFT datasets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _group() -> None:
+    """Curate LLM eval rollouts of Triton kernels into judged, deduplicated, leak-free SFT datasets."""
+
+
+class Split(str, Enum):
+    train = "train"
+    validation = "validation"
+    all = "all"
+
+
+class JudgeChoice(str, Enum):
+    auto = "auto"
+    static = "static"
+
+
+class GroupBy(str, Enum):
+    problem_id = "problem_id"
+    module_name = "module_name"
+
+
+def run_flow(fn, **kwargs):
+    """Run a flow; turn a UserError into one line on stderr and its exit code."""
+    try:
+        return fn(**kwargs)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def curate(
+    source: Annotated[str, typer.Option(help="'sample' (bundled synthetic sample), a local .parquet/.jsonl file or folder, or a Hub dataset id.")] = "siro1/kernelbook-glm4-evals",
+    split: Annotated[Split, typer.Option(help="Source split to read (the original used train).")] = Split.train,
+    threshold: Annotated[float, typer.Option(help="Keep rows with reward strictly above this.")] = 0.85,
+    judge: Annotated[JudgeChoice, typer.Option(help="auto: the static judge (the LLM judge is not wired yet); static: offline AST heuristic.")] = JudgeChoice.auto,
+    limit: Annotated[Optional[int], typer.Option(help="Keep only the first N rows that pass the filter (test mode).", min=1)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the problem-grouped train/validation split.")] = 42,
+    val_fraction: Annotated[float, typer.Option(help="Share of problems in validation.")] = 0.1,
+    group_by: Annotated[GroupBy, typer.Option(help="Dedupe key: problem_id (default) or module_name (the original's grouping).")] = GroupBy.problem_id,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("outputs"),
+) -> None:
+    """Load, filter, judge, dedupe, split and export (the filtered and unique datasets)."""
+    from flows.curate import curate as curate_flow
+    from kernelbook_lib.summary import RunSummary, format_table
+
+    result = run_flow(
+        curate_flow,
+        source=source, split=split.value, threshold=threshold, judge=judge.value, limit=limit,
+        seed=seed, val_fraction=val_fraction, group_by=group_by.value, out=str(out),
+    )
+    summary = RunSummary.model_validate(result)
+    typer.echo("")
+    typer.echo(format_table(summary))
+    for warning in summary.warnings:
+        typer.echo(f"warning: {warning}")
+    typer.echo(f"outputs in {out}/ (filtered/, unique/, rejected.jsonl, run_summary.json)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="kernelbook")

@@ -1,0 +1,3 @@
+from kernelbook_cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""The judge stage's frame logic, shared by both judges: build verdict rows, join them back,
+record failed judgements in the ledger, and add the score.
+
+The static judge (``static_judge.py``) runs here directly; the LLM judge's calls are made by
+the orchestrator (``tasks/llm.py``) and their outcomes come back through :func:`apply_verdicts`.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from kernelbook_lib import schema
+from kernelbook_lib.ledger import StageResult, rejections
+from kernelbook_lib.stages import add_score
+from kernelbook_lib.static_judge import STATIC_JUDGE_NAME, analyze_module, difficulty_of, style_of
+
+VERDICT_SCHEMA: dict[str, pl.DataType] = {
+    schema.ROW: pl.Int64(),
+    **{c: schema.JUDGED_SCHEMA[c] for c in schema.VERDICT_COLUMNS},
+    "_failure": pl.String(),  # null when judged; else the ledger reason (e.g. judge_failed:timeout)
+    "_failure_detail": pl.String(),
+}
+
+
+def static_verdicts(frame: pl.DataFrame) -> pl.DataFrame:
+    """Static-judge verdicts for every row of ``frame`` (deterministic, never executes code).
+
+    The module's difficulty is computed once per problem; style once per row."""
+    difficulty_by_problem: dict[str, tuple[int, str]] = {}
+    rows: dict[str, list] = {c: [] for c in VERDICT_SCHEMA}
+    for row, problem, code, answer in frame.select(
+        schema.ROW, "problem_id", schema.PYTHON_CODE, schema.SOLUTION
+    ).iter_rows():
+        if problem not in difficulty_by_problem:
+            difficulty_by_problem[problem] = difficulty_of(analyze_module(code))
+        difficulty, why_difficulty = difficulty_by_problem[problem]
+        style, why_style = style_of(answer)
+        rows[schema.ROW].append(row)
+        rows["difficulty"].append(difficulty)
+        rows["style"].append(style)
+        rows["judge"].append(STATIC_JUDGE_NAME)
+        rows["judge_model"].append(None)
+        rows["judge_prompt_version"].append(None)
+        rows["judge_rationale"].append(f"difficulty {difficulty}: {why_difficulty}; style {style}: {why_style}")
+        rows["judge_prompt_tokens"].append(None)
+        rows["judge_completion_tokens"].append(None)
+        rows["_failure"].append(None)
+        rows["_failure_detail"].append(None)
+    return pl.DataFrame(rows, schema=VERDICT_SCHEMA)
+
+
+def apply_verdicts(frame: pl.DataFrame, verdicts: pl.DataFrame) -> StageResult:
+    """Join verdicts to rows; rows whose judging failed go to the ledger with their reason.
+
+    Every input row must have exactly one verdict row: a missing or duplicated verdict is a
+    bug in the caller and raises instead of losing or doubling a row."""
+    unmatched = frame.join(verdicts, on=schema.ROW, how="anti").height
+    if unmatched or verdicts.height != frame.height or verdicts.get_column(schema.ROW).n_unique() != verdicts.height:
+        raise RuntimeError(
+            f"judge produced {verdicts.height} verdicts for {frame.height} rows ({unmatched} rows without one); "
+            "refusing to guess which are missing"
+        )
+    joined = frame.join(verdicts, on=schema.ROW, how="left", maintain_order="left")
+    failed = joined.filter(pl.col("_failure").is_not_null())
+    judged = add_score(joined.filter(pl.col("_failure").is_null()).drop("_failure", "_failure_detail"))
+    rejected = rejections(failed, "judge", pl.col("_failure"), pl.col("_failure_detail"))
+    return StageResult.of("judge", frame.height, judged, rejected)

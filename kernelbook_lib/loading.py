@@ -1,0 +1,305 @@
+"""Load the eval rollouts (bundled sample, local file or folder, or a Hub dataset) and
+validate them once, at entry.
+
+Validation has two levels, like patito: the *frame* must have the declared columns with
+compatible types (otherwise a :class:`SchemaError` ends the run naming what is missing and the
+columns found), and each *row* must be usable (otherwise it is rejected with a counted reason,
+never silently dropped). Dataset code is only read as text here, never executed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from kernelbook_lib import schema
+from kernelbook_lib.errors import SchemaError, SourceUnavailableError, UserError
+from kernelbook_lib.ledger import StageResult, rejections
+from kernelbook_lib.text import problem_id
+
+DEFAULT_SOURCE = "siro1/kernelbook-glm4-evals"
+SAMPLE_PATH = Path(__file__).parent / "data" / "evals_sample.parquet"
+SplitName = Literal["train", "validation", "all"]
+SPLITS: tuple[str, ...] = ("train", "validation")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+# The reasons a row is rejected at entry, checked in this order (a row gets the first).
+REJECT_REWARD_NULL = "reward_null"
+REJECT_REWARD_NAN = "reward_nan"
+REJECT_EMPTY_PYTHON_CODE = "empty_python_code"
+REJECT_EMPTY_MODULE_NAME = "empty_module_name"
+REJECT_EXAMPLE_ID_NULL = "example_id_null"
+REJECT_EMPTY_COMPLETION = "empty_completion"
+REJECT_MISSING_ANSWER = "missing_answer"
+
+
+@dataclass(frozen=True)
+class LoadedSource:
+    """The raw rows of the chosen split(s), with ``_row`` and ``_source_split`` added."""
+
+    frame: pl.DataFrame
+    description: str  # where the rows came from, for the summary and the dataset card
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def describe_source(source: str) -> str:
+    return "bundled synthetic sample" if source == "sample" else source
+
+
+def read_source(source: str, split: SplitName = "train") -> LoadedSource:
+    """Read ``source``: ``"sample"``, a local ``.parquet``/``.jsonl`` file or a folder of them, or
+    a Hub dataset id. Raises :class:`UserError` subclasses with a clear message on failure."""
+    if split not in ("train", "validation", "all"):
+        raise UserError(f"--split must be train, validation or all, not {split!r}")
+    if source == "sample":
+        if not SAMPLE_PATH.is_file():
+            raise SourceUnavailableError(
+                f"the bundled sample is missing ({SAMPLE_PATH}); regenerate it with "
+                "`uv run python scripts/make_sample.py`"
+            )
+        splits = {"train": [SAMPLE_PATH]}
+        frames = _read_local_splits(splits, split, source_label="the bundled sample")
+        return LoadedSource(frame=frames, description=describe_source(source))
+    path = Path(source).expanduser()
+    if path.exists():
+        splits = _local_split_files(path)
+        return LoadedSource(frame=_read_local_splits(splits, split, source_label=str(path)), description=str(path))
+    if _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+        return LoadedSource(frame=_read_hub(source, split), description=source)
+    raise SourceUnavailableError(
+        f"source {source!r} is neither an existing file or folder nor a Hub dataset id "
+        "(owner/name); use --source sample, a local .parquet/.jsonl path, or a Hub id"
+    )
+
+
+def _local_split_files(path: Path) -> dict[str, list[Path]]:
+    """Files per split. A single file is the ``train`` split; in a folder, files are assigned to
+    splits by name (``*train*``, ``*valid*``/``*val*``), like the Hub's default layout
+    (``data/train-00000-of-00001.parquet``). Files that name no split are ``train``."""
+    if path.is_file():
+        if path.suffix not in _DATA_SUFFIXES:
+            raise SourceUnavailableError(f"{path} is not a .parquet, .jsonl or .json file")
+        return {"train": [path]}
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _DATA_SUFFIXES)
+    files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(path).parts)]
+    if not files:
+        raise SourceUnavailableError(f"folder {path} holds no .parquet, .jsonl or .json files")
+    splits: dict[str, list[Path]] = {}
+    for file in files:
+        name = file.name.lower()
+        if re.search(r"(^|[-_.])(validation|valid|val|dev)([-_.]|$)", name):
+            key = "validation"
+        elif re.search(r"(^|[-_.])test([-_.]|$)", name):
+            key = "test"
+        else:
+            key = "train"
+        splits.setdefault(key, []).append(file)
+    return splits
+
+
+def _read_local_splits(splits: dict[str, list[Path]], split: SplitName, source_label: str) -> pl.DataFrame:
+    wanted = list(SPLITS) if split == "all" else [split]
+    present = [s for s in wanted if s in splits]
+    if not present:
+        raise UserError(
+            f"{source_label} has no {split!r} split; splits found: {', '.join(sorted(splits))}"
+        )
+    frames = []
+    for name in present:
+        for file in splits[name]:
+            frames.append(_read_file(file).with_columns(pl.lit(name).alias(schema.SOURCE_SPLIT)))
+    return _concat(frames, source_label)
+
+
+def _read_file(path: Path) -> pl.DataFrame:
+    try:
+        if path.suffix == ".parquet":
+            return pl.read_parquet(path)
+        if path.suffix == ".jsonl":
+            return pl.read_ndjson(path, infer_schema_length=None)
+        return pl.read_json(path, infer_schema_length=None)
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SourceUnavailableError(f"cannot read {path}: {first_line}") from None
+
+
+def _concat(frames: list[pl.DataFrame], source_label: str) -> pl.DataFrame:
+    if len(frames) == 1:
+        return frames[0]
+    try:
+        return pl.concat(frames, how="diagonal_relaxed")
+    except pl.exceptions.PolarsError as exc:
+        raise SchemaError(f"the files of {source_label} do not share one schema: {exc}") from None
+
+
+def _read_hub(dataset_id: str, split: SplitName) -> pl.DataFrame:
+    """Load a Hub dataset with ``datasets.load_dataset`` (cached by ``datasets`` itself)."""
+    import datasets  # heavy import, only when the Hub is used
+
+    wanted = list(SPLITS) if split == "all" else [split]
+    frames = []
+    for name in wanted:
+        try:
+            ds = datasets.load_dataset(dataset_id, split=name)
+        except ValueError as exc:
+            # datasets raises ValueError for an unknown split; the message lists the real ones.
+            raise UserError(f"cannot load split {name!r} of {dataset_id}: {exc}") from None
+        except Exception as exc:  # network, auth, missing repo: one clear message, no traceback
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SourceUnavailableError(
+                f"cannot load {dataset_id!r} from the Hugging Face Hub ({type(exc).__name__}: {reason}). "
+                "If the Hub is unreachable, use --source sample, or download the dataset and pass "
+                "its local path (a .parquet/.jsonl file or a folder) with --source.",
+                transient=_is_network_error(exc),
+            ) from None
+        table = ds.with_format("arrow")[:]  # one Arrow table, no Python objects
+        frames.append(pl.from_arrow(table).with_columns(pl.lit(name).alias(schema.SOURCE_SPLIT)))
+    return _concat(frames, dataset_id)
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """True for failures to reach the Hub (worth one retry), false for a missing repo or auth."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"RepositoryNotFoundError", "DatasetNotFoundError", "GatedRepoError", "EntryNotFoundError"}:
+        return False
+    return bool(names & {"ConnectionError", "TimeoutError", "ConnectError", "ReadTimeout", "ConnectTimeout", "LocalEntryNotFoundError"})
+
+
+# --- frame-level validation -------------------------------------------------------------
+
+
+def validate_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """Check the frame against the declared schema; coerce only lossless numeric widenings.
+
+    Raises :class:`SchemaError` naming every missing column or wrong type and listing the
+    columns found. Returns the frame with numeric columns cast to the declared types.
+    """
+    found = [c for c in frame.columns if c not in schema.INTERNAL_COLUMNS]
+    problems: list[str] = []
+    missing = [c for c in schema.REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        problems.append("missing column(s): " + ", ".join(missing))
+    if "info" in frame.columns:
+        info_type = frame.schema["info"]
+        if not isinstance(info_type, pl.Struct):
+            problems.append(f"column 'info' must be a struct, found {info_type}")
+        else:
+            fields = {f.name: f.dtype for f in info_type.fields}
+            absent = [f"info.{f}" for f in schema.REQUIRED_INFO_FIELDS if f not in fields]
+            if absent:
+                problems.append("missing field(s): " + ", ".join(absent))
+            for name in schema.REQUIRED_INFO_FIELDS:
+                if name in fields and fields[name] not in (pl.String, pl.Null):
+                    problems.append(f"info.{name} must be a string, found {fields[name]}")
+    casts: list[pl.Expr] = []
+    for name, expected in (("reward", pl.Float64), ("example_id", pl.Int64)):
+        if name not in frame.columns:
+            continue
+        actual = frame.schema[name]
+        if actual == expected:
+            continue
+        numeric_ok = actual.is_numeric() if expected == pl.Float64 else actual.is_integer()
+        if numeric_ok or actual == pl.Null:
+            casts.append(pl.col(name).cast(expected))
+        else:
+            problems.append(f"column {name!r} must be {'numeric' if expected == pl.Float64 else 'an integer'}, found {actual}")
+    for name in ("prompt", "completion"):
+        if name in frame.columns:
+            actual = frame.schema[name]
+            inner = getattr(actual, "inner", None)
+            if not isinstance(actual, pl.List) or not isinstance(inner, pl.Struct) or not {
+                "role",
+                "content",
+            } <= {f.name for f in inner.fields}:
+                if actual != pl.Null and not (isinstance(actual, pl.List) and inner == pl.Null):
+                    problems.append(f"column {name!r} must be a list of {{role, content}} messages, found {actual}")
+    if problems:
+        raise SchemaError(
+            "the source does not match the kernelbook-glm4-evals schema: "
+            + "; ".join(problems)
+            + ". Columns found: "
+            + (", ".join(f"{c} ({frame.schema[c]})" for c in found) or "none")
+        )
+    return frame.with_columns(casts) if casts else frame
+
+
+# --- row-level validation ---------------------------------------------------------------
+
+
+def _assistant_content() -> pl.Expr:
+    """The content of the last assistant message of the completion (null if none)."""
+    return pl.col("completion").list.eval(
+        pl.element().filter(pl.element().struct.field("role") == "assistant").struct.field("content")
+    ).list.last()
+
+
+# Greedy ``.*`` first, so the *last* answer block is captured (same rule as text.extract_answer).
+_ANSWER_PATTERN = r"(?is).*<answer>(.*?)</answer>"
+
+
+def prepare(source: LoadedSource, progress: Callable[[str], None] | None = None) -> StageResult:
+    """The ``load`` stage: validate the frame, derive the internal columns and ``problem_id``,
+    and reject unusable rows with a reason. Raises :class:`SchemaError` on a wrong frame."""
+    frame = source.frame
+    if frame.height == 0:
+        raise UserError(f"the source ({source.description}) has no rows")
+    frame = validate_columns(frame)
+    rows_in = frame.height
+    completion_ok = isinstance(frame.schema["completion"], pl.List) and isinstance(
+        frame.schema["completion"].inner, pl.Struct
+    )
+    assistant = _assistant_content() if completion_ok else pl.lit(None, dtype=pl.String)
+    frame = frame.with_row_index(schema.ROW).with_columns(
+        pl.col(schema.ROW).cast(pl.Int64),
+        pl.col("info").struct.field("module_name").cast(pl.String).alias(schema.MODULE_NAME),
+        pl.col("info").struct.field("python_code").cast(pl.String).alias(schema.PYTHON_CODE),
+        assistant.cast(pl.String).str.extract(_ANSWER_PATTERN, 1).str.strip_chars().alias(schema.SOLUTION),
+        assistant.cast(pl.String).alias("_assistant"),
+    )
+    if schema.SOURCE_SPLIT not in frame.columns:
+        frame = frame.with_columns(pl.lit("train").alias(schema.SOURCE_SPLIT))
+    blank = lambda col: pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")  # noqa: E731
+    reason = (
+        pl.when(pl.col("reward").is_null())
+        .then(pl.lit(REJECT_REWARD_NULL))
+        .when(pl.col("reward").is_nan())
+        .then(pl.lit(REJECT_REWARD_NAN))
+        .when(blank(schema.PYTHON_CODE))
+        .then(pl.lit(REJECT_EMPTY_PYTHON_CODE))
+        .when(blank(schema.MODULE_NAME))
+        .then(pl.lit(REJECT_EMPTY_MODULE_NAME))
+        .when(pl.col("example_id").is_null())
+        .then(pl.lit(REJECT_EXAMPLE_ID_NULL))
+        .when(blank("_assistant"))
+        .then(pl.lit(REJECT_EMPTY_COMPLETION))
+        .when(blank(schema.SOLUTION))
+        .then(pl.lit(REJECT_MISSING_ANSWER))
+        .otherwise(pl.lit(None, dtype=pl.String))
+        .alias("_reject")
+    )
+    frame = frame.with_columns(reason).drop("_assistant")
+    # problem_id: hashed once per distinct module source, not once per rollout.
+    codes = frame.get_column(schema.PYTHON_CODE).drop_nulls().unique()
+    ids = pl.DataFrame(
+        {schema.PYTHON_CODE: codes, "problem_id": [problem_id(c) for c in codes.to_list()]},
+        schema={schema.PYTHON_CODE: pl.String, "problem_id": pl.String},
+    )
+    frame = frame.join(ids, on=schema.PYTHON_CODE, how="left", maintain_order="left")
+    frame = frame.with_columns(
+        pl.when(blank(schema.PYTHON_CODE)).then(None).otherwise(pl.col("problem_id")).alias("problem_id")
+    )
+    bad = frame.filter(pl.col("_reject").is_not_null())
+    kept = frame.filter(pl.col("_reject").is_null()).drop("_reject")
+    rejected = rejections(bad, "load", pl.col("_reject"))
+    if progress:
+        progress(f"load: {rows_in} rows read, {kept.height} valid, {bad.height} rejected")
+    return StageResult.of("load", rows_in, kept, rejected)

@@ -1,0 +1,59 @@
+"""The run summary (``run_summary.json``) and its short table for the terminal."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+from kernelbook_lib import __version__, schema
+from kernelbook_lib.ledger import StageReport
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunSummary(BaseModel):
+    pipeline: str = "curate"
+    version: str = __version__
+    source: str
+    split: str
+    threshold: float
+    limit: int | None = None
+    judge: str
+    judge_model: str | None = None
+    judge_prompt_version: str | None = None
+    group_by: str
+    seed: int
+    val_fraction: float
+    started_at: str
+    finished_at: str
+    stages: list[StageReport]
+    datasets: dict[str, dict[str, int]] = Field(default_factory=dict)
+    llm: dict[str, Any] | None = None
+    warnings: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _chain(self) -> RunSummary:
+        """Stages are in order and each one's input is the previous one's output."""
+        names = [s.name for s in self.stages]
+        if names != list(schema.STAGES):
+            raise ValueError(f"stages must be {list(schema.STAGES)}, got {names}")
+        for before, after in zip(self.stages, self.stages[1:]):
+            if after.rows_in != before.rows_out:
+                raise ValueError(f"stage {after.name} got {after.rows_in} rows but {before.name} passed on {before.rows_out}")
+        return self
+
+
+def format_table(summary: RunSummary) -> str:
+    """The stages as a short aligned table, then the dataset split counts."""
+    lines = [f"{'stage':<8} {'in':>8} {'out':>8} {'dropped':>8}  reasons"]
+    for stage in summary.stages:
+        lost = sum(stage.dropped.values())
+        reasons = ", ".join(f"{reason} {count}" for reason, count in stage.dropped.items()) or "-"
+        lines.append(f"{stage.name:<8} {stage.rows_in:>8} {stage.rows_out:>8} {lost:>8}  {reasons}")
+    for name, counts in summary.datasets.items():
+        lines.append(f"{name}: train {counts.get('train', 0)}, validation {counts.get('validation', 0)}")
+    return "\n".join(lines)

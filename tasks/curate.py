@@ -1,0 +1,133 @@
+"""The curate stages as Prefect tasks: orchestration only (names, retries, cache policies).
+
+Cache policy, decided per task: every task here takes or returns polars DataFrames. Hashing
+a frame to build a cache key costs as much as the work itself (and a policy over an input
+Prefect cannot hash silently disables caching), so these tasks use ``NO_CACHE`` and do not
+persist results. The one expensive, paid stage (LLM calls) is cached per call, by content, in
+``tasks/llm.py``. Only ``load`` touches the network, so only it retries.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from kernelbook_lib import export, judging, loading, stages
+from kernelbook_lib.errors import SourceUnavailableError
+from kernelbook_lib.ledger import StageResult
+from kernelbook_lib.settings import load_settings
+from kernelbook_lib.static_judge import STATIC_JUDGE_NAME
+from kernelbook_lib.summary import RunSummary
+
+DATA_TASK = dict(cache_policy=NO_CACHE, persist_result=False)
+#: Rows per static-judge task run: big enough that orchestration is noise, small enough to
+#: spread over Dask workers.
+STATIC_CHUNK_ROWS = 20_000
+
+
+def _retry_if_network(task, task_run, state) -> bool:
+    """Retry the load only when the Hub could not be reached; a wrong path or schema is final."""
+    try:
+        state.result()
+    except SourceUnavailableError as exc:
+        return exc.transient
+    except Exception:
+        return False
+    return False
+
+
+def _log_stage(result: StageResult) -> None:
+    r = result.report
+    dropped = ", ".join(f"{k} {v}" for k, v in r.dropped.items()) or "none"
+    get_run_logger().info(f"{r.name}: {r.rows_in} in -> {r.rows_out} out (dropped: {dropped})")
+
+
+@task(name="load-source", retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_if_network, **DATA_TASK)
+def load_source(source: str, split: str) -> loading.LoadedSource:
+    get_run_logger().info(f"load: reading {loading.describe_source(source)} (split {split})")
+    return loading.read_source(source, split)
+
+
+@task(name="validate-rows", **DATA_TASK)
+def validate_rows(loaded: loading.LoadedSource) -> StageResult:
+    result = loading.prepare(loaded)
+    _log_stage(result)
+    return result
+
+
+@task(name="filter-rewards", **DATA_TASK)
+def filter_rewards(frame: pl.DataFrame, threshold: float, limit: int | None) -> StageResult:
+    result = stages.filter_rewards(frame, threshold, limit)
+    _log_stage(result)
+    return result
+
+
+@task(name="resolve-judge", **DATA_TASK)
+def resolve_judge(judge: str) -> str:
+    """``auto`` is ``llm`` when an API key is configured, else ``static`` (with a notice)."""
+    if judge != "auto":
+        return judge
+    if load_settings().has_llm_key:
+        return "llm"
+    get_run_logger().info("judge: no PRIME_API_KEY configured, using the offline static judge (--judge static)")
+    return "static"
+
+
+@task(name="judge-static-chunk", **DATA_TASK)
+def judge_static_chunk(frame: pl.DataFrame) -> pl.DataFrame:
+    return judging.static_verdicts(frame)
+
+
+@task(name="apply-verdicts", **DATA_TASK)
+def apply_verdicts(frame: pl.DataFrame, verdicts: pl.DataFrame) -> StageResult:
+    result = judging.apply_verdicts(frame, verdicts)
+    _log_stage(result)
+    return result
+
+
+def judge_static(frame: pl.DataFrame) -> StageResult:
+    """Static-judge the rows in chunks (mapped, so a Dask task runner spreads them)."""
+    chunks = [frame.slice(i, STATIC_CHUNK_ROWS) for i in range(0, frame.height, STATIC_CHUNK_ROWS)]
+    futures = judge_static_chunk.map(chunks)
+    verdicts = pl.concat([f.result() for f in futures]) if chunks else judging.static_verdicts(frame)
+    return apply_verdicts(frame, verdicts)
+
+
+def judge_rows(frame: pl.DataFrame, judge: str) -> tuple[StageResult, dict]:
+    """The judge stage: returns the judged rows and the judge's identity for the summary."""
+    if judge == "static":
+        return judge_static(frame), {"judge": STATIC_JUDGE_NAME, "judge_model": None, "judge_prompt_version": None}
+    raise ValueError(f"unknown judge {judge!r}")
+
+
+@task(name="dedupe", **DATA_TASK)
+def dedupe(frame: pl.DataFrame, group_by: str) -> StageResult:
+    result = stages.dedupe(frame, group_by)  # type: ignore[arg-type]
+    _log_stage(result)
+    return result
+
+
+@task(name="split", **DATA_TASK)
+def split_by_problem(filtered: pl.DataFrame, unique: pl.DataFrame, seed: int, val_fraction: float) -> tuple[pl.DataFrame, StageResult]:
+    """Assign splits by problem to both datasets (the same problem, the same split)."""
+    result = stages.split_stage(unique, seed, val_fraction)
+    _log_stage(result)
+    return stages.assign_splits(filtered, seed, val_fraction), result
+
+
+@task(name="prepare-out", **DATA_TASK)
+def prepare_out(out: str) -> str:
+    return str(export.prepare_out_dir(out))
+
+
+@task(name="export", **DATA_TASK)
+def export_outputs(
+    out: str, summary_fields: dict, filtered: pl.DataFrame, unique: pl.DataFrame, rejected: list[StageResult]
+) -> RunSummary:
+    """Write both datasets, the JSONL files, the ledger (``rejected`` stages' dropped rows) and
+    the run summary, last."""
+    ledger = pl.concat([r.rejected for r in rejected])
+    summary = export.write_all(out, summary_fields, filtered, unique, ledger)
+    get_run_logger().info(f"export: wrote {out}/filtered, {out}/unique, rejected.jsonl and run_summary.json")
+    return summary

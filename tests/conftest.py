@@ -1,0 +1,35 @@
+"""Test-session setup: hermetic Prefect and settings, and one shared Prefect test harness.
+
+Environment first, before anything imports prefect: a temporary PREFECT_HOME, no API URL (the
+harness starts its own server), no real keys from a developer's ``.env``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_SESSION_HOME = tempfile.mkdtemp(prefix="kernelbook-tests-")
+os.environ["PREFECT_HOME"] = os.path.join(_SESSION_HOME, "prefect")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ["KERNELBOOK_CACHE_DIR"] = os.path.join(_SESSION_HOME, "llm-cache")
+# No test may ever use a real key or token: ignore a developer's .env and environment.
+os.environ["KERNELBOOK_ENV_FILE"] = os.path.join(_SESSION_HOME, "no.env")
+for _name in list(os.environ):
+    if _name in ("PRIME_API_KEY", "PRIME_TEAM_ID", "HF_TOKEN", "LLM_BASE_URL") or _name.startswith(("HF_", "LLM_", "JUDGE_", "GENERATOR_")):
+        del os.environ[_name]
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing reaches the Hub at test time
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+import tasks  # noqa: E402,F401  (Prefect environment defaults)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server + database for every test that runs flows."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

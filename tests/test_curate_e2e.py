@@ -1,0 +1,122 @@
+"""End to end: `kernelbook curate` on the bundled sample, checked against the output contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from kernelbook_cli import app
+from kernelbook_lib import loading, schema
+from tests import factories
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("curate") / "outputs"
+    result = CliRunner().invoke(app, ["curate", "--source", "sample", "--judge", "static", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_datasets_load_with_both_splits_and_all_columns(sample_run):
+    import datasets
+
+    out, _ = sample_run
+    source_columns = list(schema.SOURCE_SCHEMA)
+    for name in ("filtered", "unique"):
+        ds = datasets.load_dataset(str(out / name))
+        assert set(ds) == {"train", "validation"}
+        assert ds["train"].num_rows > 0 and ds["validation"].num_rows > 0
+        assert ds["train"].column_names == source_columns + list(schema.JUDGED_SCHEMA)
+        assert (out / name / "README.md").read_text().startswith("---")
+
+
+def test_no_problem_in_both_splits_and_unique_agrees_with_filtered(sample_run):
+    out, _ = sample_run
+    split_of = {}
+    for name in ("filtered", "unique"):
+        for split in ("train", "validation"):
+            frame = pl.read_parquet(out / name / "data" / f"{split}-00000-of-00001.parquet")
+            for problem in frame["problem_id"].unique():
+                assert split_of.setdefault(problem, split) == split, f"{problem} leaks across splits"
+    unique = pl.read_parquet(out / "unique" / "data" / "*.parquet")
+    assert unique["problem_id"].n_unique() == unique.height  # one row per problem
+
+
+def test_counts_reconcile_and_every_dropped_row_is_in_the_ledger(sample_run):
+    out, output = sample_run
+    summary = json.loads((out / "run_summary.json").read_text())
+    stages = summary["stages"]
+    assert [s["name"] for s in stages] == ["load", "filter", "judge", "dedupe", "split"]
+    for stage in stages:
+        assert stage["rows_in"] == stage["rows_out"] + sum(stage["dropped"].values())
+    source_rows = pl.read_parquet(loading.SAMPLE_PATH).height
+    filtered = read_jsonl(out / "filtered_dataset.jsonl")
+    rejected = read_jsonl(out / "rejected.jsonl")
+    assert stages[0]["rows_in"] == source_rows
+    assert len(filtered) + len(rejected) == source_rows  # every source row is accounted for once
+    assert len(read_jsonl(out / "unique_dataset.jsonl")) == stages[3]["rows_out"]
+    assert summary["datasets"]["filtered"]["train"] + summary["datasets"]["filtered"]["validation"] == len(filtered)
+    # The table printed at the end shows each stage.
+    for name in ("load", "filter", "judge", "dedupe", "split"):
+        assert name in output
+
+
+def test_every_kind_of_bad_sample_row_is_rejected_with_its_reason(sample_run):
+    out, _ = sample_run
+    source = pl.read_parquet(loading.SAMPLE_PATH).with_row_index("i")
+    rejected = {r["source_index"]: r for r in read_jsonl(out / "rejected.jsonl")}
+    reasons = {r["reason"] for r in rejected.values()}
+    assert {"reward_null", "reward_nan", "empty_completion", "missing_answer", "empty_python_code"} <= reasons
+    assert "reward_not_above_threshold" in reasons
+    for row in source.filter(pl.col("reward").is_null()).iter_rows(named=True):
+        assert rejected[row["i"]]["reason"] == "reward_null"
+    for line in rejected.values():
+        assert set(line) >= {"stage", "reason", "example_id", "problem_id", "source_index"}
+
+
+def test_static_judge_columns_are_labelled(sample_run):
+    out, _ = sample_run
+    frame = pl.read_parquet(out / "filtered" / "data" / "*.parquet")
+    assert frame["judge"].unique().to_list() == ["static-ast-v1"]
+    assert frame["difficulty"].is_between(0, 10).all() and frame["style"].is_between(0, 10).all()
+    assert (frame["score"] - frame["reward"] * frame["difficulty"] * frame["style"]).abs().max() < 1e-9
+
+
+def test_missing_column_exits_2_with_one_clear_message(tmp_path):
+    frame = factories.frame([factories.row(0)]).drop("completion")
+    path = tmp_path / "broken.parquet"
+    frame.write_parquet(path)
+    result = CliRunner().invoke(app, ["curate", "--source", str(path), "--judge", "static", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "missing column(s): completion" in result.output
+    assert "Columns found:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_first_run_on_a_fresh_prefect_home_is_clean(tmp_path):
+    """What a new user sees: the real command, a fresh PREFECT_HOME, no server configured."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernelbook_cli", "curate", "--source", "sample", "--judge", "static", "--out", str(tmp_path / "out")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output and "ERROR" not in output, output
+    assert (tmp_path / "out" / "run_summary.json").is_file()

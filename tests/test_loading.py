@@ -1,0 +1,134 @@
+"""Loading and entry validation: clear errors for wrong inputs, counted rejections for bad rows."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import polars as pl
+import pytest
+
+from kernelbook_lib import loading, schema
+from kernelbook_lib.errors import SchemaError, SourceUnavailableError, UserError
+from kernelbook_lib.text import extract_answer, normalize_code, problem_id
+from tests import factories
+
+
+def load(tmp_path, rows, split="train"):
+    path = factories.write(rows, tmp_path / "src.parquet")
+    return loading.prepare(loading.read_source(str(path), split))
+
+
+def test_extract_answer_takes_the_last_block_and_none_when_missing():
+    assert extract_answer("a <answer>one</answer> b <ANSWER> two </ANSWER>") == "two"
+    assert extract_answer("no tags here") is None
+    assert extract_answer("<answer>   </answer>") is None
+    assert extract_answer(None) is None
+
+
+def test_problem_id_ignores_line_endings_and_trailing_space_but_not_tokens():
+    a = "class A:\n    x = 1\n"
+    assert problem_id(a) == problem_id("\n\nclass A:  \r\n    x = 1\r\n\n")
+    assert problem_id(a) != problem_id("class A:\n    x = 2\n")
+    assert normalize_code("\n a \n\n") == " a"
+
+
+def test_good_rows_pass_with_derived_columns(tmp_path):
+    result = load(tmp_path, [factories.row(0), factories.row(1)])
+    assert result.report.rows_in == 2 and result.report.rows_out == 2 and result.report.dropped == {}
+    frame = result.frame
+    assert frame.get_column(schema.ROW).to_list() == [0, 1]
+    assert frame.get_column(schema.SOLUTION)[0].startswith("```python")
+    assert frame.get_column("problem_id").n_unique() == 2
+
+
+def test_each_bad_row_is_rejected_with_its_reason(tmp_path):
+    rows = [
+        factories.row(0),
+        factories.row(1, reward=None),
+        factories.row(2, reward=math.nan),
+        factories.row(3, completion=[]),
+        factories.row(4, content=""),
+        factories.row(5, content="I forgot the tags: import triton"),
+        factories.row(6, code="   \n"),
+        factories.row(7, completion=[{"role": "user", "content": "only a user turn", "reasoning": None}]),
+    ]
+    result = load(tmp_path, rows)
+    reasons = dict(zip(result.rejected["source_index"].to_list(), result.rejected["reason"].to_list()))
+    assert reasons == {
+        1: "reward_null",
+        2: "reward_nan",
+        3: "empty_completion",
+        4: "empty_completion",
+        5: "missing_answer",
+        6: "empty_python_code",
+        7: "empty_completion",
+    }
+    assert result.report.rows_in == 8 and result.report.rows_out == 1
+    assert sum(result.report.dropped.values()) == 7
+    assert result.rejected.filter(pl.col("source_index") == 5)["problem_id"][0] == problem_id(rows[5]["info"]["python_code"])
+
+
+def test_missing_column_is_a_schema_error_naming_it_and_listing_found(tmp_path):
+    frame = factories.frame([factories.row(0)]).drop("reward")
+    path = tmp_path / "no_reward.parquet"
+    frame.write_parquet(path)
+    with pytest.raises(SchemaError) as err:
+        loading.prepare(loading.read_source(str(path)))
+    message = str(err.value)
+    assert "missing column(s): reward" in message
+    assert "Columns found: example_id" in message and "completion" in message
+    assert err.value.exit_code == 2
+
+
+def test_missing_info_field_and_wrong_types_are_named(tmp_path):
+    rows = [{"example_id": "x", "prompt": [], "completion": [], "reward": "high", "info": {"module_name": "A"}}]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(SchemaError) as err:
+        loading.prepare(loading.read_source(str(path)))
+    message = str(err.value)
+    assert "info.python_code" in message
+    assert "'reward' must be numeric" in message
+    assert "'example_id' must be an integer" in message
+
+
+def test_jsonl_source_with_integer_rewards_is_coerced(tmp_path):
+    row = factories.row(0, reward=None)
+    row["reward"] = 1  # JSON integers are read as Int64: a lossless widening
+    path = tmp_path / "src.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    result = loading.prepare(loading.read_source(str(path)))
+    assert result.frame.schema["reward"] == pl.Float64 and result.report.rows_out == 1
+
+
+def test_folder_in_hub_layout_reads_splits(tmp_path):
+    (tmp_path / "data").mkdir()
+    factories.write([factories.row(0), factories.row(1)], tmp_path / "data" / "train-00000-of-00001.parquet")
+    factories.write([factories.row(2)], tmp_path / "data" / "validation-00000-of-00001.parquet")
+    assert loading.read_source(str(tmp_path), "train").frame.height == 2
+    assert loading.read_source(str(tmp_path), "validation").frame.height == 1
+    both = loading.read_source(str(tmp_path), "all").frame
+    assert both.height == 3 and sorted(set(both[schema.SOURCE_SPLIT])) == ["train", "validation"]
+
+
+def test_missing_split_and_missing_path_and_unreadable_file_are_clear(tmp_path):
+    path = factories.write([factories.row(0)], tmp_path / "one.parquet")
+    with pytest.raises(UserError, match="has no 'validation' split; splits found: train"):
+        loading.read_source(str(path), "validation")
+    with pytest.raises(SourceUnavailableError, match="neither an existing file"):
+        loading.read_source(str(tmp_path / "nope.parquet"))
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"\x00\x01 not parquet")
+    with pytest.raises(SourceUnavailableError, match="cannot read"):
+        loading.read_source(str(garbage))
+    empty = factories.write([], tmp_path / "empty.parquet")
+    with pytest.raises(UserError, match="has no rows"):
+        loading.prepare(loading.read_source(str(empty)))
+
+
+def test_unreachable_hub_says_so_and_suggests_the_sample(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SourceUnavailableError) as err:
+        loading.read_source("nobody-here/not-a-dataset-xyz")
+    assert "--source sample" in str(err.value)
