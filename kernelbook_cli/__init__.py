@@ -7,6 +7,7 @@ stderr and its exit code (2 for a user mistake), never a traceback.
 
 from __future__ import annotations
 
+import logging
 import sys
 from enum import Enum
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Annotated, Optional
 import typer
 
 from kernelbook_lib.errors import UserError
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_all_subclasses(direct))]
 
 app = typer.Typer(
     name="kernelbook",
@@ -46,8 +51,34 @@ class GroupBy(str, Enum):
     module_name = "module_name"
 
 
+class _HideUserErrors(logging.Filter):
+    """Keep a user mistake to one clear line: drop the console records Prefect writes about a
+    task or flow that ended in a :class:`UserError` (its traceback and state lines). The records
+    still reach the Prefect API, so the run's page in the UI shows the error."""
+
+    _names = tuple(cls.__name__ for cls in (UserError, *_all_subclasses(UserError)))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            return False
+        message = record.getMessage() if record.levelno >= logging.INFO else ""
+        return not ("state Failed" in message or "exception" in message) or not any(
+            name in message for name in self._names
+        )
+
+
+def _quiet_user_errors() -> None:
+    """Attach the filter to Prefect's console handlers (Prefect configures logging on import)."""
+    import prefect  # noqa: F401  (sets up Prefect's logging)
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _HideUserErrors) for f in handler.filters):
+            handler.addFilter(_HideUserErrors())
+
+
 def run_flow(fn, **kwargs):
     """Run a flow; turn a UserError into one line on stderr and its exit code."""
+    _quiet_user_errors()
     try:
         return fn(**kwargs)
     except UserError as exc:

@@ -25,6 +25,8 @@ from kernelbook_lib.stages import SPLIT_COLUMN, leaked_problems, split_counts
 from kernelbook_lib.summary import RunSummary, now_iso
 
 SUMMARY_FILE = "run_summary.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 REJECTED_FILE = "rejected.jsonl"
 DATASETS = ("filtered", "unique")
 SPLIT_FILES = {"train": "data/train-00000-of-00001.parquet", "validation": "data/validation-00000-of-00001.parquet"}
@@ -50,6 +52,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -84,7 +87,7 @@ def write_hub_dataset(frame: pl.DataFrame, folder: Path, kind: str, summary: Run
     always sees ``train`` and ``validation``."""
     counts: dict[str, int] = {}
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes 0700    try:
         for split, relative in SPLIT_FILES.items():
             part = to_output(frame.filter(pl.col(SPLIT_COLUMN) == split))
             counts[split] = part.height

@@ -1,0 +1,330 @@
+"""Statistics on the judged dataset: how difficulty, style and reward relate.
+
+This is the library half of the ``analyze`` flow (no orchestration here). It reads the judged
+``filtered`` dataset the ``curate`` flow writes (``OUT/filtered/data/{split}-*.parquet``) and
+computes, for each pair of difficulty, style and reward, the Pearson, Spearman and Kendall
+correlation coefficients with scipy, plus reward statistics per difficulty and per style level.
+
+Conventions (the report explains them to readers in the same words):
+
+* Strength bands on ``|r|`` (the edges belong to the band *above* them, except 0.7, which is
+  still "strong"): ``negligible`` < 0.1 <= ``weak`` < 0.3 <= ``moderate`` < 0.5 <= ``strong``
+  <= 0.7 < ``very strong``. See :data:`STRENGTH_BANDS` and :func:`strength_band`.
+* A coefficient is ``significant`` when its two-sided p-value is below :data:`ALPHA` (0.05).
+* Pearson's 95 % interval is the Fisher z interval (``scipy``'s default): for ``n <= 3`` it is
+  the whole range ``[-1, 1]``.
+* Kendall's coefficient is tau-b (scipy's default, which accounts for the many ties of 0-10
+  integer scores); Spearman uses average ranks for ties.
+* Nothing is dropped: a null or non-finite value in difficulty, style or reward is an error
+  naming the column and the count, not a silently smaller ``n``.
+* A pair that has no defined coefficient (fewer than :data:`MIN_ROWS` rows, or a constant
+  column) is reported as ``{"undefined": true, "reason": ...}``, never as NaN.
+
+Everything returned is plain Python (``int``, ``float``, ``str``, ``bool``, ``None``, lists and
+dicts) and passes ``json.dumps(..., allow_nan=False)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from scipy import stats
+
+from kernelbook_lib.errors import SchemaError, UserError
+from kernelbook_lib.export import SUMMARY_FILE
+from kernelbook_lib.stages import SPLIT_COLUMN
+
+#: Where the curate flow writes the judged dataset, relative to its output folder (Hub layout).
+FILTERED_DATA_DIR = Path("filtered") / "data"
+
+#: The columns the analysis reads (everything else, e.g. prompts and code, is never loaded).
+JUDGE_INFO_COLUMNS: tuple[str, ...] = ("judge", "judge_model", "judge_prompt_version")
+ANALYSIS_COLUMNS: tuple[str, ...] = ("reward", "difficulty", "style", *JUDGE_INFO_COLUMNS)
+
+#: The three pairs analysed, as ``(name, x column, y column)``; x is the plots' horizontal axis.
+PAIRS: tuple[tuple[str, str, str], ...] = (
+    ("difficulty~reward", "difficulty", "reward"),
+    ("style~reward", "style", "reward"),
+    ("difficulty~style", "difficulty", "style"),
+)
+
+#: The judge's scores are integers in this closed range.
+SCORE_MIN, SCORE_MAX = 0, 10
+
+#: Fewer rows than this and no correlation is reported (Pearson/Spearman/Kendall need >= 3).
+MIN_ROWS = 3
+
+#: Significance level of the two-sided tests.
+ALPHA = 0.05
+
+#: Upper edges of the strength bands on |r|, in order; the last band takes everything above.
+#: ``(edge, inclusive, name)``: |r| < 0.1 negligible, < 0.3 weak, < 0.5 moderate, <= 0.7 strong.
+STRENGTH_BANDS: tuple[tuple[float, bool, str], ...] = (
+    (0.1, False, "negligible"),
+    (0.3, False, "weak"),
+    (0.5, False, "moderate"),
+    (0.7, True, "strong"),
+)
+STRONGEST_BAND = "very strong"
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def judged_files(input_dir: Path) -> list[Path]:
+    """The parquet files of the judged dataset in ``input_dir`` (a finished curate run's output).
+
+    Raises :class:`UserError` naming what is missing (and what ``input_dir`` does hold) when
+    there is nothing to read, or when ``run_summary.json`` is absent: the curate flow writes it
+    last, so without it the folder is an unfinished run. Cheap: the CLI calls it before a run.
+    """
+    input_dir = Path(input_dir)
+    data_dir = input_dir / FILTERED_DATA_DIR
+    if not input_dir.is_dir():
+        raise UserError(
+            f"no such output folder: {input_dir} (run the curate flow first, or pass the folder it wrote)"
+        )
+    if not data_dir.is_dir():
+        found = sorted(p.name for p in input_dir.iterdir())
+        raise UserError(
+            f"no judged dataset in {input_dir}: {data_dir} does not exist (the curate flow writes it); "
+            f"{input_dir} holds: {found or 'nothing'}"
+        )
+    if not (input_dir / SUMMARY_FILE).is_file():
+        raise UserError(
+            f"{input_dir} has no {SUMMARY_FILE}: the curate run that wrote it did not finish "
+            "(the summary is written last); run curate again before analysing"
+        )
+    files = sorted(data_dir.glob("*.parquet"))
+    if not files:
+        found = sorted(p.name for p in data_dir.iterdir())
+        raise UserError(f"no parquet files in {data_dir}; it holds: {found or 'nothing'}")
+    return files
+
+
+def _expected_counts(input_dir: Path) -> dict[str, int] | None:
+    """Rows per split of ``filtered`` as the run summary records them (None if not recorded)."""
+    path = Path(input_dir) / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    counts = (summary.get("datasets") or {}).get("filtered") if isinstance(summary, dict) else None
+    return {str(k): int(v) for k, v in counts.items()} if isinstance(counts, dict) else None
+
+
+def split_of(path: Path) -> str:
+    """The split a Hub-layout file holds: ``train-00000-of-00001.parquet`` -> ``train``."""
+    return path.name.split("-", 1)[0]
+
+
+def load_judged(input_dir: Path) -> pl.DataFrame:
+    """Read every split of ``input_dir/filtered/data`` into one frame.
+
+    Only :data:`ANALYSIS_COLUMNS` are read, plus ``_split`` (:data:`SPLIT_COLUMN`) naming each
+    row's split. A missing folder or run summary, missing columns, splits whose column types
+    disagree, or row counts that differ from the run summary's raise a :class:`UserError`
+    (``SchemaError`` for columns) naming what is missing and what was found.
+    """
+    frames = []
+    for path in judged_files(input_dir):
+        try:
+            schema = pl.read_parquet_schema(path)
+        except Exception as exc:  # unreadable or not parquet: the user can fix the file
+            raise UserError(f"cannot read {path}: {exc}") from None
+        missing = [c for c in ANALYSIS_COLUMNS if c not in schema]
+        if missing:
+            raise SchemaError(
+                f"{path} lacks the judged column(s) {missing} the analysis needs; "
+                f"columns found: {list(schema)}"
+            )
+        frame = pl.read_parquet(path, columns=list(ANALYSIS_COLUMNS))
+        frames.append(frame.with_columns(pl.lit(split_of(path)).alias(SPLIT_COLUMN)))
+    try:
+        df = pl.concat(frames, how="vertical")
+    except pl.exceptions.PolarsError as exc:
+        raise SchemaError(
+            f"the splits in {Path(input_dir) / FILTERED_DATA_DIR} have different column types: "
+            + "; ".join(f"{split_of(p)}: {dict(f.schema)}" for p, f in zip(judged_files(input_dir), frames))
+        ) from exc
+    data_dir = Path(input_dir) / FILTERED_DATA_DIR
+    # The files must be the ones the finished run wrote: compare with the summary's counts.
+    expected = _expected_counts(input_dir)
+    found = {split: n for split, n in df.group_by(SPLIT_COLUMN, maintain_order=True).len().iter_rows()}
+    if expected is not None and {k: v for k, v in expected.items() if v} != found:
+        raise UserError(
+            f"{data_dir} holds {found or 'no rows'} rows per split but {Path(input_dir) / SUMMARY_FILE} "
+            f"records {expected} for 'filtered': the folder mixes runs; run curate again"
+        )
+    if df.height == 0:
+        raise UserError(f"the judged dataset in {data_dir} has no rows: nothing to analyse")
+    return df
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+def check_analysis_columns(df: pl.DataFrame) -> None:
+    """Fail with a clear message unless difficulty/style/reward are present, typed and complete.
+
+    Rows are never dropped: a null, NaN or infinite reward, a null score or a score outside
+    0-10 is an error naming the column and how many rows are affected.
+    """
+    needed = ("reward", "difficulty", "style")
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise SchemaError(f"the data lacks column(s) {missing}; columns found: {df.columns}")
+    for name in ("difficulty", "style"):
+        if not df.schema[name].is_integer():
+            raise SchemaError(f"column {name!r} must hold integers 0-10, found type {df.schema[name]}")
+    if not df.schema["reward"].is_numeric():
+        raise SchemaError(f"column 'reward' must be numeric, found type {df.schema['reward']}")
+
+    problems = []
+    for name in needed:
+        nulls = df[name].null_count()
+        if nulls:
+            problems.append(f"{nulls} null value(s) in {name!r}")
+    if df.schema["reward"].is_float():
+        bad = df.select((~pl.col("reward").is_finite()).sum()).item()
+        if bad:
+            problems.append(f"{bad} NaN or infinite value(s) in 'reward'")
+    for name in ("difficulty", "style"):
+        out = df.select(((pl.col(name) < SCORE_MIN) | (pl.col(name) > SCORE_MAX)).sum()).item()
+        if out:
+            problems.append(f"{out} value(s) of {name!r} outside {SCORE_MIN}-{SCORE_MAX}")
+    if problems:
+        raise UserError(
+            f"cannot analyse {df.height} rows without dropping some: " + "; ".join(problems)
+            + " (the judged dataset should have none; fix the data rather than drop rows)"
+        )
+
+
+# --- statistics --------------------------------------------------------------------------
+
+
+def strength_band(r: float) -> str:
+    """The plain-language strength of a correlation coefficient (see :data:`STRENGTH_BANDS`)."""
+    a = abs(r)
+    for edge, inclusive, name in STRENGTH_BANDS:
+        if a < edge or (inclusive and a == edge):
+            return name
+    return STRONGEST_BAND
+
+
+def _direction(r: float) -> str:
+    return "positive" if r > 0 else "negative" if r < 0 else "none"
+
+
+def _coefficient(r: float, p: float, *, ci95: list[float] | None = None) -> dict[str, Any]:
+    """One coefficient as plain Python, with its strength band and significance."""
+    r, p = float(r), float(p)
+    if not (math.isfinite(r) and math.isfinite(p)):
+        # Cannot happen once constant columns and n < 3 are excluded; never let NaN through.
+        raise ValueError(f"scipy returned a non-finite coefficient (r={r}, p={p})")
+    return {
+        "r": r,
+        "p": p,
+        **({"ci95": ci95} if ci95 is not None else {}),
+        "strength": strength_band(r),
+        "direction": _direction(r),
+        "significant": p < ALPHA,
+    }
+
+
+def _undefined_reason(df: pl.DataFrame, x: str, y: str) -> str | None:
+    """Why no coefficient can be computed for ``x``~``y`` on ``df``, or None when one can."""
+    if df.height < MIN_ROWS:
+        return f"fewer than {MIN_ROWS} rows (n={df.height})"
+    constant = [c for c in (x, y) if df[c].n_unique() == 1]
+    if constant:
+        return "; ".join(f"{c} is constant (every row is {df[c][0]})" for c in constant)
+    return None
+
+
+def correlate(df: pl.DataFrame, x: str, y: str) -> dict[str, Any]:
+    """Pearson (with Fisher 95 % interval), Spearman and Kendall tau-b of ``x`` and ``y``."""
+    reason = _undefined_reason(df, x, y)
+    if reason is not None:
+        return {"n": df.height, "undefined": True, "reason": reason}
+    xs = df[x].cast(pl.Float64).to_numpy()
+    ys = df[y].cast(pl.Float64).to_numpy()
+    pearson = stats.pearsonr(xs, ys)
+    ci = pearson.confidence_interval(confidence_level=0.95)  # Fisher z transformation
+    spearman = stats.spearmanr(xs, ys)
+    kendall = stats.kendalltau(xs, ys)  # tau-b
+    lo, hi = float(ci.low), float(ci.high)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"non-finite Pearson interval [{lo}, {hi}] for {x}~{y}")
+    return {
+        "n": df.height,
+        "pearson": _coefficient(pearson.statistic, pearson.pvalue, ci95=[lo, hi]),
+        "spearman": _coefficient(spearman.statistic, spearman.pvalue),
+        "kendall": _coefficient(kendall.statistic, kendall.pvalue),
+    }
+
+
+def reward_by_level(df: pl.DataFrame, column: str) -> list[dict[str, Any]]:
+    """Reward count, mean and sample standard deviation per level of ``column``, ascending.
+
+    Only levels that occur are listed. ``std`` is None for a level with a single row (the
+    sample standard deviation needs two).
+    """
+    grouped = (
+        df.group_by(column)
+        .agg(
+            pl.len().alias("n"),
+            pl.col("reward").cast(pl.Float64).mean().alias("mean"),
+            pl.col("reward").cast(pl.Float64).std(ddof=1).alias("std"),
+        )
+        .sort(column)
+    )
+    return [
+        {
+            "level": int(row[column]),
+            "n": int(row["n"]),
+            "mean": float(row["mean"]),
+            "std": None if row["std"] is None else float(row["std"]),
+        }
+        for row in grouped.iter_rows(named=True)
+    ]
+
+
+def compute_analysis(df: pl.DataFrame) -> dict[str, Any]:
+    """The whole analysis as a JSON-serialisable dict.
+
+    ``{"n", "pairs": {"difficulty~reward"|"style~reward"|"difficulty~style": {...}},
+    "by_difficulty": [...], "by_style": [...]}``; each pair is either
+    ``{"n", "pearson": {"r", "p", "ci95", "strength", "direction", "significant"},
+    "spearman": {...}, "kendall": {...}}`` or ``{"n", "undefined": True, "reason"}``.
+    """
+    check_analysis_columns(df)
+    return {
+        "n": df.height,
+        "pairs": {name: correlate(df, x, y) for name, x, y in PAIRS},
+        "by_difficulty": reward_by_level(df, "difficulty"),
+        "by_style": reward_by_level(df, "style"),
+    }
+
+
+def judge_info(df: pl.DataFrame) -> dict[str, Any]:
+    """Which judge(s) produced the data: each distinct value of the judge columns with its count.
+
+    ``{"judge": [{"value": "llm", "n": 7181}], "judge_model": [...], "judge_prompt_version": [...],
+    "splits": [{"value": "train", "n": ...}, ...]}``; a null value (the static judge has no
+    model) is listed as ``None``. Sorted by count, most frequent first.
+    """
+    columns = [*JUDGE_INFO_COLUMNS, *([SPLIT_COLUMN] if SPLIT_COLUMN in df.columns else [])]
+    missing = [c for c in JUDGE_INFO_COLUMNS if c not in df.columns]
+    if missing:
+        raise SchemaError(f"the data lacks column(s) {missing}; columns found: {df.columns}")
+    info: dict[str, Any] = {}
+    for name in columns:
+        counts = df.group_by(name).agg(pl.len().alias("n")).sort(["n", name], descending=[True, False])
+        key = "splits" if name == SPLIT_COLUMN else name
+        info[key] = [{"value": row[name], "n": int(row["n"])} for row in counts.iter_rows(named=True)]
+    return info

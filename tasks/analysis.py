@@ -1,0 +1,121 @@
+"""The analysis stages as Prefect tasks: orchestration only (names, logs, cache policies).
+
+Cache policy: ``NO_CACHE`` on every task, deliberately. The inputs are polars DataFrames (or
+dicts computed from them): hashing a frame for a cache key costs about as much as the
+statistics themselves, and a policy over an input Prefect cannot hash silently turns caching
+off. The whole analysis takes seconds, so recomputing is cheaper than caching, and results are
+not persisted (``persist_result=False``): the outputs are the files this flow writes.
+
+Retries: none. Every task reads or writes local files; a missing folder, a wrong schema or a
+full disk is not transient, and retrying would only repeat the same error message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from kernelbook_lib import analysis, plots, report
+from kernelbook_lib.errors import UserError
+from kernelbook_lib.export import write_text
+
+ANALYSIS_TASK = dict(cache_policy=NO_CACHE, persist_result=False)
+
+ANALYSIS_JSON = "analysis.json"
+REPORT_MD = "report.md"
+#: Key of the Prefect markdown artifact (lowercase letters, digits and dashes only).
+REPORT_ARTIFACT_KEY = "analysis-report"
+#: The output folder inside the input folder when ``out`` is not given.
+DEFAULT_SUBDIR = "analysis"
+
+
+@task(name="prepare-analysis-out", **ANALYSIS_TASK)
+def prepare_analysis_out(input: str, out: str | None) -> str:
+    """The output folder (``out``, or ``INPUT/analysis``), created if needed."""
+    path = Path(out).expanduser() if out else Path(input).expanduser() / DEFAULT_SUBDIR
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to --out {path}: {exc.strerror or exc}") from None
+    return str(path)
+
+
+@task(name="load-judged", **ANALYSIS_TASK)
+def load_judged(input: str) -> pl.DataFrame:
+    df = analysis.load_judged(Path(input))
+    splits = ", ".join(f"{e['value']} {e['n']}" for e in analysis.judge_info(df)["splits"])
+    get_run_logger().info(f"analysis: read {df.height} judged rows from {input} ({splits})")
+    return df
+
+
+@task(name="compute-analysis", **ANALYSIS_TASK)
+def compute_analysis(df: pl.DataFrame) -> dict:
+    result = analysis.compute_analysis(df)
+    logger = get_run_logger()
+    for name, pair in result["pairs"].items():
+        if pair.get("undefined"):
+            logger.warning(f"analysis: {name} undefined: {pair['reason']}")
+        else:
+            p = pair["pearson"]
+            logger.info(
+                f"analysis: {name} Pearson r={p['r']:+.3f} ({p['strength']}, {report.p_phrase(p['p'])}), n={pair['n']}"
+            )
+    return result
+
+
+@task(name="describe-judges", **ANALYSIS_TASK)
+def describe_judges(df: pl.DataFrame) -> dict:
+    info = analysis.judge_info(df)
+    models = ", ".join(str(e["value"]) for e in info["judge_model"])
+    get_run_logger().info(f"analysis: judged by {', '.join(str(e['value']) for e in info['judge'])} (model: {models})")
+    return info
+
+
+@task(name="write-analysis-json", **ANALYSIS_TASK)
+def write_analysis_json(result: dict, out_dir: str) -> str:
+    """``analysis.json``: strict JSON (no NaN), written atomically."""
+    target = Path(out_dir) / ANALYSIS_JSON
+    write_text(target, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    get_run_logger().info(f"analysis: wrote {target}")
+    return str(target)
+
+
+@task(name="render-plots", **ANALYSIS_TASK)
+def render_plots(df: pl.DataFrame, out_dir: str) -> list[str]:
+    paths = plots.render_plots(df, Path(out_dir))
+    get_run_logger().info(f"analysis: wrote {', '.join(p.name for p in paths)} in {out_dir}")
+    return [str(p) for p in paths]
+
+
+@task(name="write-report", **ANALYSIS_TASK)
+def write_report(result: dict, plot_paths: list[str], judge_info: dict, out_dir: str) -> str:
+    """``report.md`` with the plots linked relative to the report."""
+    target = Path(out_dir) / REPORT_MD
+    text = report.render_report(result, [Path(p) for p in plot_paths], judge_info, relative_to=target.parent)
+    write_text(target, text)
+    get_run_logger().info(f"analysis: wrote {target}")
+    return str(target)
+
+
+@task(name="publish-report-artifact", **ANALYSIS_TASK)
+def publish_report(result: dict, plot_paths: list[str], judge_info: dict) -> str:
+    """The report as a Prefect markdown artifact (key ``analysis-report``); returns its id.
+
+    The UI cannot load local image files, so the artifact lists the plots' paths instead of
+    embedding them.
+    """
+    text = report.render_report(result, [Path(p) for p in plot_paths], judge_info, embed_images=False)
+    artifact_id = create_markdown_artifact(
+        markdown=text,
+        key=REPORT_ARTIFACT_KEY,
+        description=f"Difficulty/style/reward analysis of {result['n']} judged rows",
+    )
+    get_run_logger().info(f"analysis: published the report as artifact '{REPORT_ARTIFACT_KEY}'")
+    return str(artifact_id)
