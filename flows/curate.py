@@ -12,6 +12,7 @@ from typing import Literal
 
 from prefect import flow
 
+from flows.analyze import analyze
 from kernelbook_lib.loading import DEFAULT_SOURCE
 from kernelbook_lib.stages import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION
 from kernelbook_lib.summary import now_iso
@@ -39,6 +40,7 @@ def curate(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     group_by: Literal["problem_id", "module_name"] = "problem_id",
     out: str = "outputs",
+    analysis: bool = True,
 ) -> dict:
     """Curate eval rollouts into the ``filtered`` and ``unique`` SFT datasets in ``out``."""
     started_at = now_iso()
@@ -59,6 +61,8 @@ def curate(
         splitted.frame,
         [loaded, kept, judged],
     )
+    if analysis:
+        analyze(input=out_dir)
     return summary.model_dump(mode="json")
 
 

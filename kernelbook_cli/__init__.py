@@ -100,6 +100,7 @@ def curate(
     val_fraction: Annotated[float, typer.Option(help="Share of problems in validation.")] = 0.1,
     group_by: Annotated[GroupBy, typer.Option(help="Dedupe key: problem_id (default) or module_name (the original's grouping).")] = GroupBy.problem_id,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("outputs"),
+    analysis: Annotated[bool, typer.Option("--analysis/--no-analysis", help="Run the analysis (statistics, plots, report) at the end.")] = True,
 ) -> None:
     """Load, filter, judge, dedupe, split and export (the filtered and unique datasets)."""
     from flows.curate import curate as curate_flow
@@ -108,14 +109,33 @@ def curate(
     result = run_flow(
         curate_flow,
         source=source, split=split.value, threshold=threshold, judge=judge.value, limit=limit,
-        seed=seed, val_fraction=val_fraction, group_by=group_by.value, out=str(out),
+        seed=seed, val_fraction=val_fraction, group_by=group_by.value, out=str(out), analysis=analysis,
     )
     summary = RunSummary.model_validate(result)
     typer.echo("")
     typer.echo(format_table(summary))
     for warning in summary.warnings:
         typer.echo(f"warning: {warning}")
-    typer.echo(f"outputs in {out}/ (filtered/, unique/, rejected.jsonl, run_summary.json)")
+    typer.echo(f"outputs in {out}/ (filtered/, unique/, rejected.jsonl, run_summary.json{', analysis/' if analysis else ''})")
+
+
+@app.command()
+def analyze(
+    input: Annotated[Path, typer.Option("--input", help="A curate output folder.")] = Path("outputs"),
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the analysis (default: INPUT/analysis).")] = None,
+) -> None:
+    """Correlations of difficulty, style and reward: analysis.json, plots and report.md."""
+    from kernelbook_lib.analysis import judged_files
+
+    try:
+        judged_files(input)  # a wrong folder is one clear line, before any flow run starts
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    from flows.analyze import analyze as analyze_flow
+
+    result = run_flow(analyze_flow, input=str(input), out=str(out) if out else None)
+    typer.echo(f"analysis written to {result['out']} (report: {result['report']})")
 
 
 def main(argv: list[str] | None = None) -> None:

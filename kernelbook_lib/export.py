@@ -87,7 +87,8 @@ def write_hub_dataset(frame: pl.DataFrame, folder: Path, kind: str, summary: Run
     always sees ``train`` and ``validation``."""
     counts: dict[str, int] = {}
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes 0700    try:
+    os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes 0700
+    try:
         for split, relative in SPLIT_FILES.items():
             part = to_output(frame.filter(pl.col(SPLIT_COLUMN) == split))
             counts[split] = part.height
