@@ -12,7 +12,7 @@ import polars as pl
 from kernelbook_lib import schema
 from kernelbook_lib.ledger import StageResult, rejections
 from kernelbook_lib.stages import add_score
-from kernelbook_lib.static_judge import STATIC_JUDGE_NAME, analyze_module, difficulty_of, style_of
+from kernelbook_lib.static_judge import STATIC_JUDGE_NAME, analyze_module, difficulty_of, style_of, verdict_rationale
 
 VERDICT_SCHEMA: dict[str, pl.DataType] = {
     schema.ROW: pl.Int64(),
@@ -41,7 +41,7 @@ def static_verdicts(frame: pl.DataFrame) -> pl.DataFrame:
         rows["judge"].append(STATIC_JUDGE_NAME)
         rows["judge_model"].append(None)
         rows["judge_prompt_version"].append(None)
-        rows["judge_rationale"].append(f"difficulty {difficulty}: {why_difficulty}; style {style}: {why_style}")
+        rows["judge_rationale"].append(verdict_rationale(difficulty, why_difficulty, style, why_style))
         rows["judge_prompt_tokens"].append(None)
         rows["judge_completion_tokens"].append(None)
         rows["_failure"].append(None)
