@@ -1,0 +1,316 @@
+"""The synthetic data generator and the bundled samples it produced.
+
+Code in the data is only parsed (``ast.parse``), never executed.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from kernelbook_lib import schema, synthetic
+from kernelbook_lib.text import extract_answer, solution_code
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "kernelbook_lib" / "data"
+EVALS = DATA / "evals_sample.parquet"
+KERNELBOOK = DATA / "kernelbook_sample.parquet"
+
+
+def _load_make_sample():
+    spec = importlib.util.spec_from_file_location("make_sample", ROOT / "scripts" / "make_sample.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # our own script, not dataset code
+    return module
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    return pq.read_table(EVALS).to_pylist()
+
+
+def _content(row: dict) -> str | None:
+    completion = row["completion"]
+    return completion[0]["content"] if completion else None
+
+
+def _reward_ok(row: dict) -> bool:
+    return row["reward"] is not None and not math.isnan(row["reward"])
+
+
+def _answer(row: dict) -> str | None:
+    return extract_answer(_content(row))
+
+
+def _is_bad(row: dict) -> bool:
+    return (
+        not _reward_ok(row)
+        or _answer(row) is None
+        or not row["info"]["python_code"]
+        or not row["info"]["module_name"]
+    )
+
+
+# --- schema --------------------------------------------------------------------------------
+
+
+def test_eval_sample_has_exactly_the_source_schema_for_polars_pyarrow_and_datasets(tmp_path):
+    frame = pl.read_parquet(EVALS)
+    assert list(frame.schema.items()) == list(schema.SOURCE_SCHEMA.items())
+    assert pq.read_schema(EVALS).remove_metadata() == schema.SOURCE_ARROW_SCHEMA
+
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(EVALS), split="train", cache_dir=str(tmp_path))
+    assert ds.column_names == list(schema.SOURCE_SCHEMA)
+    assert ds.num_rows == frame.height
+    assert ds.features["oai_tools"].dtype == "null"
+    assert ds["example_id"] == frame["example_id"].to_list()
+
+
+def test_kernelbook_sample_has_the_kernelbook_schema(tmp_path):
+    assert pq.read_schema(KERNELBOOK).remove_metadata() == synthetic.KERNELBOOK_ARROW_SCHEMA
+    frame = pl.read_parquet(KERNELBOOK)
+    assert frame.columns[:4] == ["module_name", "python_code", "triton_code", "uuid"]
+    assert frame.schema["licenses"] == pl.List(pl.String)
+
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(KERNELBOOK), split="train", cache_dir=str(tmp_path))
+    assert ds.num_rows == frame.height
+
+
+# --- determinism ---------------------------------------------------------------------------
+
+
+def test_make_sample_is_byte_identical_across_runs_and_equals_the_committed_samples(tmp_path):
+    make_sample = _load_make_sample()
+    first = make_sample.make_samples(tmp_path / "a")
+    second = make_sample.make_samples(tmp_path / "b")
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes(), f"{a.name} differs between two runs"
+    committed = {EVALS.name: EVALS, KERNELBOOK.name: KERNELBOOK}
+    for path in first:
+        # Content, not bytes: the file header names the pyarrow version that wrote it.
+        fresh = json.dumps(pq.read_table(path).to_pylist(), sort_keys=True)  # NaN -> "NaN"
+        stored = json.dumps(pq.read_table(committed[path.name]).to_pylist(), sort_keys=True)
+        assert fresh == stored, f"{path.name} is stale: run `uv run python scripts/make_sample.py`"
+
+
+def test_eval_rows_depend_only_on_their_arguments():
+    same = [json.dumps(synthetic.eval_rows(12, 2, seed=5), sort_keys=True) for _ in range(2)]
+    assert same[0] == same[1]
+    assert json.dumps(synthetic.eval_rows(12, 2, seed=6), sort_keys=True) != same[0]
+
+
+def test_eval_rows_without_bad_rows_has_none():
+    generated = synthetic.eval_rows(40, 3, seed=1, bad_rows=False)
+    assert len(generated) == 120
+    assert not [row for row in generated if _is_bad(row)]
+
+
+# --- the eval sample's content -------------------------------------------------------------
+
+
+def test_sample_has_at_least_60_problems_with_3_rollouts_each(rows):
+    by_example: dict[int, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_example[row["example_id"]].append(row)
+    assert len(by_example) >= 60
+    assert all(len(group) >= 3 for group in by_example.values())
+    for group in by_example.values():  # rollouts of one problem share its prompt
+        assert len({json.dumps(row["prompt"]) for row in group}) == 1
+    codes = {row["info"]["python_code"] for row in rows if row["info"]["python_code"]}
+    assert len(codes) >= 60
+
+
+def test_same_code_under_two_example_ids_exists(rows):
+    ids_by_code: dict[str, set[int]] = defaultdict(set)
+    for row in rows:
+        if row["info"]["python_code"]:
+            ids_by_code[row["info"]["python_code"]].add(row["example_id"])
+    assert sum(len(ids) > 1 for ids in ids_by_code.values()) >= 1
+
+
+def test_rewards_fall_on_both_sides_of_the_threshold_including_exactly_085(rows):
+    rewards = [row["reward"] for row in rows if _reward_ok(row)]
+    above = sum(r > 0.85 for r in rewards)
+    assert 0.35 <= above / len(rows) <= 0.55
+    assert sum(r == 0.85 for r in rewards) >= 2
+    assert sum(r < 0.85 for r in rewards) >= 60
+    assert all(0.0 <= r <= 1.0 for r in rewards)
+
+
+BAD_KINDS = {
+    "reward_null": lambda row: row["reward"] is None,
+    "reward_nan": lambda row: row["reward"] is not None and math.isnan(row["reward"]),
+    "empty_completion": lambda row: row["completion"] == [],
+    "empty_content": lambda row: bool(row["completion"]) and row["completion"][0]["content"] == "",
+    "missing_answer": lambda row: bool(_content(row)) and "<answer>" not in _content(row),
+    "empty_python_code": lambda row: row["info"]["python_code"] == "",
+    "empty_module_name": lambda row: row["info"]["module_name"] == "",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_KINDS))
+def test_sample_contains_each_kind_of_bad_row(rows, kind):
+    found = [row for row in rows if BAD_KINDS[kind](row)]
+    assert len(found) >= 2, kind
+    if kind not in ("reward_null", "reward_nan"):
+        # A reward filter alone must not be what removes them.
+        assert any(row["reward"] > 0.85 for row in found), kind
+
+
+def test_missing_answer_rows_still_hold_a_code_block(rows):
+    found = [row for row in rows if BAD_KINDS["missing_answer"](row)]
+    assert all("```python" in _content(row) for row in found)
+
+
+def test_module_name_collisions_between_different_problems(rows):
+    codes_by_name: dict[str, set[str]] = defaultdict(set)
+    high_codes_by_name: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        name, code = row["info"]["module_name"], row["info"]["python_code"]
+        if not name or not code:
+            continue
+        codes_by_name[name].add(code)
+        if _reward_ok(row) and row["reward"] > 0.85 and _answer(row):
+            high_codes_by_name[name].add(code)
+    assert sum(len(codes) > 1 for codes in codes_by_name.values()) >= 3
+    assert any(name in {"Model", "MyModule", "Net"} for name, c in codes_by_name.items() if len(c) > 1)
+    assert sum(len(codes) > 1 for codes in high_codes_by_name.values()) >= 2
+
+
+# Characteristic operations of each rubric level, as they appear in the PyTorch modules.
+LEVEL_MARKERS = {
+    "trivial": (r"return x\n", r"x\.clone\(\)", r"torch\.clone\(x\)", r"x\.view\(x\.size\(0\), -1\)",
+                r"x\.reshape\(x\.shape\[0\], -1\)", r"torch\.flatten\(x, 1\)"),
+    "elementwise": (r"return (torch|F)\.(relu|sigmoid|tanh|abs|exp|leaky_relu|relu6|elu|softsign|hardsigmoid)\(x",
+                    r"return torch\.clamp\(x", r"return x \* torch\.sigmoid\(x\)", r"return x [-+*/] ", r"return torch\.(add|mul|sub|max)\(x, y\)"),
+    "reduction": (r"torch\.(sum|mean|norm)\(x, ", r"x\.(sum|mean|amax|amin|norm)\(", r"torch\.(max|min)\(x, dim=", r"adaptive_avg_pool2d"),
+    "moderate": (r"softmax\(", r"nn\.LayerNorm\(", r"x\.std\(-1", r"torch\.rsqrt\(", r"nn\.BatchNorm2d\(", r"nn\.GELU\(\)", r"F\.normalize\("),
+    "complex": (r"torch\.matmul\(q", r"self\.q_proj = nn\.Linear", r"self\.conv = nn\.Conv2d\("),
+    "advanced": (r"class BasicBlock\(nn\.Module\)", r"class DoubleConv\(nn\.Module\)", r"self\.qkv = nn\.Linear\(d_model, 3 \* d_model\)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("level", list(LEVEL_MARKERS))
+def test_every_rubric_level_is_represented(rows, level):
+    codes = {row["info"]["python_code"] for row in rows if row["info"]["python_code"]}
+    matching = [code for code in codes if any(re.search(p, code) for p in LEVEL_MARKERS[level])]
+    assert len(matching) >= 3, level
+    if level == "advanced":  # whole architectures of more than one kind
+        kinds = {p for p in LEVEL_MARKERS[level] for code in matching if re.search(p, code)}
+        assert len(kinds) >= 2
+
+
+def test_modules_are_kernelbook_style_and_parse(rows):
+    for code in {row["info"]["python_code"] for row in rows if row["info"]["python_code"]}:
+        tree = ast.parse(code)
+        functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert {"get_inputs", "get_init_inputs"} <= functions
+        classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+        methods = {item.name for item in classes[-1].body if isinstance(item, ast.FunctionDef)}
+        assert {"__init__", "forward"} <= methods
+        assert "nn.Module" in ast.unparse(classes[-1].bases[0])
+    for triton_code in {row["info"]["triton_code"] for row in rows if row["info"]["triton_code"]}:
+        ast.parse(triton_code)
+        assert "@triton.jit" in triton_code and "def call(args):" in triton_code
+
+
+def test_prompt_states_the_task_with_the_module(rows):
+    for row in rows:
+        roles = [message["role"] for message in row["prompt"]]
+        assert roles == ["system", "user"]
+        user = row["prompt"][1]["content"]
+        assert "Triton" in user and "<answer>" in user
+        if row["info"]["python_code"] and row["info"]["module_name"]:
+            assert row["info"]["python_code"] in user
+            assert f"`{row['info']['module_name']}New`" in user
+
+
+def test_solutions_are_realistic_triton(rows):
+    for row in rows:
+        answer = _answer(row)
+        if answer is None:
+            continue
+        code = solution_code(answer)
+        for needle in ("import triton\n", "import triton.language as tl", "@triton.jit", "tl.program_id",
+                       "tl.arange", "tl.load(", "tl.store("):  # fmt: skip
+            assert needle in code, needle
+        if row["info"]["module_name"]:
+            assert f"class {row['info']['module_name']}New(nn.Module):" in code
+        assert row["completion"][0]["reasoning"], "reasoning text is missing"
+        assert _content(row).index("<answer>") > 0, "no explanation before the answer"
+
+
+def test_solutions_vary_in_quality_and_a_few_do_not_parse(rows):
+    codes = [(row, solution_code(answer)) for row in rows if (answer := _answer(row))]
+    broken = []
+    for row, code in codes:
+        try:
+            ast.parse(code)
+        except SyntaxError:
+            broken.append(row)
+    assert 2 <= len(broken) <= 0.1 * len(codes)
+    assert any(_reward_ok(row) and row["reward"] > 0.85 for row in broken)
+    masked = sum("mask=" in code for _, code in codes)
+    constexpr = sum("tl.constexpr" in code for _, code in codes)
+    documented = sum('"""' in code for _, code in codes)
+    one_letter_kernels = sum(bool(re.search(r"def k0\((a|x), ", code)) for _, code in codes)
+    for count in (masked, constexpr, documented, one_letter_kernels):
+        assert 0.1 * len(codes) <= count <= 0.9 * len(codes)
+
+
+def test_row_fields_look_like_the_eval_output(rows):
+    for row in rows:
+        assert row["task"] == "default" and row["num_turns"] == 1 and row["oai_tools"] is None
+        assert row["total_ms"] == pytest.approx(row["generation_ms"] + row["scoring_ms"])
+        assert 0.0 <= row["speedup_reward"] <= 1.0
+        for message in row["completion"]:
+            assert message["role"] == "assistant"
+
+
+# --- the KernelBook sample -------------------------------------------------------------------
+
+
+def test_kernelbook_sample_has_duplicates_and_empty_code():
+    frame = pl.read_parquet(KERNELBOOK)
+    assert 40 <= frame.height <= 60
+    code = frame["python_code"]
+    assert (code == "").sum() >= 2
+    non_empty = frame.filter(pl.col("python_code") != "")
+    assert non_empty["python_code"].is_duplicated().sum() >= 2
+    assert frame["uuid"].n_unique() == frame.height
+    assert (frame["entry_point"] == frame["module_name"]).all()
+    assert frame["repo_link"].str.starts_with("https://github.com/").all()
+    for text in non_empty["python_code"]:
+        assert "def get_inputs():" in text and "(nn.Module):" in text
+        ast.parse(text)
+
+
+# --- the large benchmark writer --------------------------------------------------------------
+
+
+def test_write_evals_large_streams_row_groups_with_the_exact_row_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "_LARGE_BATCH_ROWS", 500)
+    path = synthetic.write_evals_large(tmp_path / "large.parquet", 1_234, seed=3)
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_rows == 1_234 and meta.num_row_groups == 3
+    assert pq.read_schema(path).remove_metadata() == schema.SOURCE_ARROW_SCHEMA
+    frame = pl.read_parquet(path)
+    above = (frame["reward"] > 0.85).sum() / frame.height
+    assert 0.3 <= above <= 0.55
+    rollouts = frame.group_by("example_id").len()["len"]
+    assert 2.5 <= rollouts.mean() <= 3.5
+    again = synthetic.write_evals_large(tmp_path / "again.parquet", 1_234, seed=3)
+    assert path.read_bytes() == again.read_bytes()
