@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import tasks  # noqa: F401  (Prefect environment defaults, before prefect is imported)
 
-import argparse
 import sys
 
 from prefect import flow, get_run_logger
@@ -51,28 +50,7 @@ def analyze(input: str = "outputs", out: str | None = None) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.analyze``: run the flow; a user error is one line on stderr, exit 2."""
-    from pathlib import Path
-
-    from kernelbook_lib.analysis import judged_files
-    from kernelbook_lib.errors import UserError
-
-    parser = argparse.ArgumentParser(prog="python -m flows.analyze", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", default="outputs", help="the curate flow's output folder (default: outputs)")
-    parser.add_argument("--out", default=None, help="where to write the analysis (default: INPUT/analysis)")
-    args = parser.parse_args(argv)
-    try:
-        # Check the input before starting a flow run, so a wrong folder is one clear line
-        # rather than a failed run with a traceback in the logs.
-        judged_files(Path(args.input))
-        result = analyze(input=args.input, out=args.out)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"analysis written to {result['out']} (report: {result['report']})")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from kernelbook_cli import main
+
+    main(["analyze", *sys.argv[1:]])

@@ -138,5 +138,27 @@ def analyze(
     typer.echo(f"analysis written to {result['out']} (report: {result['report']})")
 
 
+@app.command()
+def publish(
+    input: Annotated[Path, typer.Option("--input", help="A curate output folder.")] = Path("outputs"),
+    push: Annotated[bool, typer.Option("--push", help="Upload for real (needs HF_TOKEN); the default is a dry run.")] = False,
+    private: Annotated[bool, typer.Option("--private/--public", help="Visibility of repos the push creates.")] = True,
+    filtered_repo: Annotated[Optional[str], typer.Option(help="owner/name of the filtered dataset repo (default: HF_FILTERED_REPO).")] = None,
+    unique_repo: Annotated[Optional[str], typer.Option(help="owner/name of the unique dataset repo (default: HF_UNIQUE_REPO).")] = None,
+    synthetic_repo: Annotated[Optional[str], typer.Option(help="owner/name of the synthetic prompts repo (default: HF_SYNTHETIC_REPO).")] = None,
+) -> None:
+    """Validate the datasets and publish them to the Hugging Face Hub (a dry run unless --push)."""
+    from flows.publish import publish as publish_flow
+
+    result = run_flow(
+        publish_flow, input=str(input), push=push, private=private,
+        filtered_repo=filtered_repo, unique_repo=unique_repo, synthetic_repo=synthetic_repo,
+    )
+    if not result["pushed"]:
+        typer.echo("dry run: nothing was uploaded (the plan is above); add --push to upload")
+    for commit in result["commits"]:
+        typer.echo(f"{commit['kind']}: {commit['repo_id']} {commit['commit_url']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     app(args=argv if argv is not None else sys.argv[1:], prog_name="kernelbook")

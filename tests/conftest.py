@@ -22,6 +22,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing reaches the Hub at test time
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import tasks  # noqa: E402,F401  (Prefect environment defaults)
+import prefect  # noqa: E402,F401  (configure Prefect's logging now, on the real stderr, not a CliRunner's)
 
 import pytest  # noqa: E402
 

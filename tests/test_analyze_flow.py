@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 from prefect.logging import disable_run_logger
 
-from flows.analyze import analyze, main
+from typer.testing import CliRunner
+
+from flows.analyze import analyze
+from kernelbook_cli import app
 from kernelbook_lib import plots
 from kernelbook_lib.errors import UserError
 from tasks import analysis as analysis_tasks
@@ -95,14 +98,15 @@ def test_analyze_flow_fails_clearly_on_a_bad_input(prefect_harness, tmp_path):
     assert not (tmp_path / "out" / "analysis.json").exists()
 
 
-def test_main_reports_a_missing_folder_in_one_line_without_a_run(tmp_path, capsys):
-    assert main(["--input", str(tmp_path / "nope")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: no such output folder") and err.count("\n") == 1
+def test_cli_reports_a_missing_folder_in_one_line_without_a_run(tmp_path):
+    result = CliRunner().invoke(app, ["analyze", "--input", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: no such output folder") and result.output.count("\n") == 1
 
 
-def test_main_runs_the_flow(prefect_harness, out_folder, tmp_path, capsys):
-    assert main(["--input", str(out_folder), "--out", str(tmp_path / "custom")]) == 0
+def test_cli_runs_the_flow(prefect_harness, out_folder, tmp_path):
+    result = CliRunner().invoke(app, ["analyze", "--input", str(out_folder), "--out", str(tmp_path / "custom")])
+    assert result.exit_code == 0, result.output
     assert (tmp_path / "custom" / "report.md").is_file()
-    assert f"report: {tmp_path / 'custom' / 'report.md'}" in capsys.readouterr().out
+    assert f"report: {tmp_path / 'custom' / 'report.md'}" in result.output
 

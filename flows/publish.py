@@ -1,0 +1,58 @@
+"""The ``publish`` flow: validate the output datasets and upload them to the Hugging Face Hub.
+
+By default a dry run: it logs, per dataset, the repo id, the files with their sizes and the
+row counts that would be uploaded, and uploads nothing. With ``push=True`` it refuses any
+dataset that fails validation, then creates each named dataset repo and uploads it in one
+commit. Run it with ``python -m flows.publish --help``.
+"""
+
+from __future__ import annotations
+
+import tasks  # noqa: F401  (Prefect environment defaults, before prefect is imported)
+
+import sys
+
+from prefect import flow, get_run_logger
+
+from kernelbook_lib.hub import format_plan
+from tasks.publish import check_publishable, plan_publish, push_dataset, resolve_repos
+
+
+@flow(name="publish", log_prints=False)
+def publish(
+    input: str = "outputs",
+    push: bool = False,
+    private: bool = True,
+    filtered_repo: str | None = None,
+    unique_repo: str | None = None,
+    synthetic_repo: str | None = None,
+) -> dict:
+    """Publish ``input``/filtered, /unique and /synthetic to their Hub dataset repos.
+
+    Repo ids default to HF_FILTERED_REPO, HF_UNIQUE_REPO and HF_SYNTHETIC_REPO; a dataset
+    without one is skipped. The token comes from HF_TOKEN, read inside the push task.
+    """
+    logger = get_run_logger()
+    repos = resolve_repos(filtered_repo, unique_repo, synthetic_repo)
+    plan = plan_publish(input, repos)
+    # Logged by the flow: task-run INFO lines are hidden by default (tasks/runtime.py).
+    logger.info(format_plan(plan, dry_run=not push))
+    result = {"input": input, "pushed": False, "private": private, "datasets": [item.as_dict() for item in plan], "commits": []}
+    if not push:
+        return result
+    to_push = check_publishable(plan)
+    for item in to_push:
+        commit = push_dataset(item, private)
+        result["commits"].append(commit)
+        logger.info(
+            f"{item.kind}: published {', '.join(commit['files'])} to {'private' if private else 'public'} "
+            f"dataset {commit['repo_id']} in one commit ({commit['commit_url']})"
+        )
+    result["pushed"] = True
+    return result
+
+
+if __name__ == "__main__":
+    from kernelbook_cli import main
+
+    main(["publish", *sys.argv[1:]])

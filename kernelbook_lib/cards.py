@@ -1,0 +1,448 @@
+"""Dataset cards (``README.md``) for the published datasets, generated from the run summary.
+
+A card is never written by hand: :func:`render_dataset_card` builds it from the run summary
+(``run_summary.json`` or ``synthetic_summary.json``), the split counts and, when available, the
+correlation analysis. It has two parts:
+
+* a YAML header the ``datasets`` library and the Hub read: ``configs`` (the data files of each
+  split), ``dataset_info`` (split sizes, only when the byte sizes are known, because ``datasets``
+  ignores a ``splits`` entry without ``num_bytes``), licence, task category and tags;
+* a Markdown body saying how the data was made: source, filter, judge, dedupe rule, split
+  method, rows per stage, columns, and the correlation summary.
+
+Only named fields of the summary are shown (never the whole summary), and nothing here reads
+settings, so no key or token can reach a card.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import yaml
+
+from kernelbook_lib import __version__, schema
+from kernelbook_lib.errors import UserError
+from kernelbook_lib.loading import describe_source
+
+Kind = Literal["filtered", "unique", "synthetic"]
+KINDS: tuple[str, ...] = ("filtered", "unique", "synthetic")
+
+#: The splits each kind of dataset must have (the curate flow splits 90/10 by problem; the
+#: prompt generator writes a single ``train`` split).
+EXPECTED_SPLITS: dict[str, tuple[str, ...]] = {
+    "filtered": ("train", "validation"),
+    "unique": ("train", "validation"),
+    "synthetic": ("train",),
+}
+
+#: The columns the prompt generator writes (at least these).
+SYNTHETIC_SCHEMA: dict[str, pl.DataType] = {
+    "prompt": pl.String(),
+    "module_name": pl.String(),
+    "python_code": pl.String(),
+}
+
+#: The declared columns of each kind of dataset, in order.
+DECLARED_COLUMNS: dict[str, dict[str, pl.DataType]] = {
+    "filtered": {**schema.SOURCE_SCHEMA, **schema.JUDGED_SCHEMA},
+    "unique": {**schema.SOURCE_SCHEMA, **schema.JUDGED_SCHEMA},
+    "synthetic": SYNTHETIC_SCHEMA,
+}
+
+#: What each known column holds (the columns table of the card).
+COLUMN_DOCS: dict[str, str] = {
+    "example_id": "index of the problem in the eval run (several rollouts share it)",
+    "prompt": "the chat messages given to the model (the task)",
+    "completion": "the model's reply; the Triton solution is inside `<answer>...</answer>` of the assistant message",
+    "task": "environment task name",
+    "reward": "the eval environment's score for the rollout (correctness and speedup)",
+    "generation_ms": "eval timing: generation (ms)",
+    "scoring_ms": "eval timing: scoring (ms)",
+    "total_ms": "eval timing: total (ms)",
+    "info": "`module_name` (PyTorch class name), `python_code` (PyTorch reference module), `triton_code` (reference Triton translation)",
+    "answer": "the eval's answer field",
+    "speedup_reward": "the speedup part of the reward",
+    "num_turns": "turns in the rollout",
+    "oai_tools": "unused (null)",
+    "problem_id": "first 16 hex digits of SHA-256 of the normalised PyTorch reference code (`info.python_code`)",
+    "difficulty": "judged difficulty of the problem, 0-10",
+    "style": "judged quality of the Triton solution, 0-10",
+    "judge": "which judge produced `difficulty` and `style`",
+    "judge_model": "the LLM judge's model (null for the static judge)",
+    "judge_prompt_version": "the LLM judge's prompt/rubric version (null for the static judge)",
+    "judge_rationale": "the judge's short justification of both grades",
+    "judge_prompt_tokens": "prompt tokens of the judge call (null for the static judge)",
+    "judge_completion_tokens": "completion tokens of the judge call (null for the static judge)",
+    "score": "`reward * difficulty * style` (the ranking used by the dedupe step)",
+    "module_name": "the PyTorch class name (from KernelBook)",
+    "python_code": "the PyTorch reference module (from KernelBook), unchanged",
+}
+
+#: Where a synthetic dataset's column means something else than the judged datasets' one.
+SYNTHETIC_COLUMN_DOCS: dict[str, str] = {"prompt": "the generated task specification (model-written)"}
+
+# Dedupe ranking as implemented by ``kernelbook_lib.stages.dedupe``; keep the two in step.
+DEDUPE_RULE = (
+    "the row with the highest `score = reward * difficulty * style`; ties go to the higher "
+    "`reward`, then the lower `example_id`, then the earlier row of the source"
+)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_PRETTY = {
+    "filtered": "KernelBook GLM-4 evals, filtered and judged",
+    "unique": "KernelBook GLM-4 evals, one best rollout per problem",
+    "synthetic": "KernelBook synthetic task prompts",
+}
+
+
+# --- small formatting helpers --------------------------------------------------------------
+
+
+def format_dtype(dtype: pl.DataType) -> str:
+    """A compact, readable type: ``list<struct<role: string, content: string>>``."""
+    if isinstance(dtype, pl.List):
+        return f"list<{format_dtype(dtype.inner)}>"
+    if isinstance(dtype, pl.Struct):
+        return "struct<" + ", ".join(f"{f.name}: {format_dtype(f.dtype)}" for f in dtype.fields) + ">"
+    return repr(dtype).lower()
+
+
+def _cell(value: Any) -> str:
+    """A Markdown table cell: pipes escaped, no line breaks."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _size_category(n: int) -> str:
+    """The Hub's ``size_categories`` bucket for ``n`` rows."""
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M" if n < 10_000_000 else "n>10M"
+
+
+def _is_hub_id(source: str) -> bool:
+    """``owner/name`` that is not a local path (the loader reads an existing path first)."""
+    return (
+        bool(_HUB_ID.match(source))
+        and not source.endswith((".parquet", ".jsonl", ".json"))
+        and not Path(source).expanduser().exists()
+    )
+
+
+def public_source(source: str) -> str:
+    """The source as it may be published: a Hub id, ``sample``, or a local file's name only
+    (a local absolute path says nothing to a reader and may expose the machine's user name)."""
+    if source == "sample" or _is_hub_id(source):
+        return source
+    return source.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or source
+
+
+def _source_text(source: str) -> str:
+    """The source sentence of a card."""
+    if source == "sample":
+        return f"the {describe_source(source)} of kernelbook-curator (not real eval data)"
+    if _is_hub_id(source):
+        return f"[`{source}`](https://huggingface.co/datasets/{source})"
+    return f"a local copy (`{public_source(source)}`)"
+
+
+def _require(summary: Mapping[str, Any], keys: tuple[str, ...], what: str) -> None:
+    missing = [k for k in keys if k not in summary]
+    if missing:
+        raise UserError(f"the {what} lacks field(s) {missing}; re-run the flow that writes it")
+
+
+def _fmt_r(value: Any) -> str:
+    return f"{value:+.3f}" if isinstance(value, (int, float)) else "-"
+
+
+def _fmt_p(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.2g}" if value >= 0.001 else f"{value:.1e}"
+
+
+# --- YAML header ---------------------------------------------------------------------------
+
+
+def card_metadata(
+    kind: str,
+    summary: Mapping[str, Any],
+    splits: Mapping[str, int],
+    split_bytes: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """The card's YAML metadata as a dict (``configs`` with one data-file pattern per split)."""
+    total = sum(splits.values())
+    tags = ["triton", "gpu-kernels", "pytorch", "code", "sft"]
+    if kind == "synthetic":
+        tags.append("synthetic")
+    else:
+        tags.append("llm-judged" if summary.get("judge_model") else "heuristic-judged")
+    meta: dict[str, Any] = {
+        "pretty_name": _PRETTY[kind],
+        # The rows mix code from many public GitHub repositories (each under its own licence) with
+        # model output; nobody has verified the terms, so the card says so instead of guessing.
+        "license": "other",
+        "license_name": "unverified-mixed",
+        "language": ["en"],
+        "task_categories": ["text-generation"],
+        "tags": tags,
+        "size_categories": [_size_category(total)],
+    }
+    source = str(summary.get("source", ""))
+    if _is_hub_id(source):
+        meta["source_datasets"] = [source]
+    meta["configs"] = [
+        {
+            "config_name": "default",
+            "data_files": [{"split": split, "path": f"data/{split}-*"} for split in splits],
+        }
+    ]
+    if split_bytes is not None:
+        # ``datasets`` checks num_examples against the data when it loads the folder or repo.
+        meta["dataset_info"] = {
+            "config_name": "default",
+            "splits": [
+                {"name": split, "num_bytes": int(split_bytes[split]), "num_examples": int(count)}
+                for split, count in splits.items()
+            ],
+            "dataset_size": int(sum(split_bytes[s] for s in splits)),
+        }
+    return meta
+
+
+# --- body sections -------------------------------------------------------------------------
+
+
+def _judge_section(summary: Mapping[str, Any]) -> str:
+    judge = summary["judge"]
+    model = summary.get("judge_model")
+    if model:
+        version = summary.get("judge_prompt_version") or "not recorded"
+        text = (
+            f"`difficulty` (0-10, how hard the problem is as a Triton kernel) and `style` (0-10, the "
+            f"quality of the solution as code to learn from) were graded by the LLM judge `{model}` "
+            f"with prompt version `{version}`. The judge saw the full PyTorch module and the full "
+            "solution (nothing truncated). Rows whose judgement failed are not in the dataset; they "
+            "are counted in the judge stage below with their reason."
+        )
+        usage = summary.get("llm") or {}
+        # Only numbers (calls, tokens, cost) are shown; nothing else of the LLM block is public.
+        numbers = [[k, v] for k, v in usage.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if numbers:
+            text += "\n\n" + _table(["LLM usage", "value"], numbers)
+        return text
+    return (
+        f"`difficulty` and `style` come from `{judge}`, a **heuristic stand-in** for an LLM judge: a "
+        "deterministic score computed from the syntax trees of the PyTorch module and of the Triton "
+        "solution (the code is parsed, never run). No model graded these rows. Read the two columns "
+        "as rough structural signals, not as judgements of quality; `judge_rationale` says what "
+        "each score was based on."
+    )
+
+
+def _stages_table(summary: Mapping[str, Any]) -> str:
+    rows = []
+    for stage in summary["stages"]:
+        dropped = stage.get("dropped") or {}
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in dropped.items()) or "-"
+        rows.append([stage["name"], stage["rows_in"], stage["rows_out"], sum(dropped.values()), reasons])
+    return _table(["stage", "rows in", "rows out", "dropped", "reasons"], rows)
+
+
+def _columns_table(kind: str, columns: Mapping[str, pl.DataType] | None) -> str:
+    cols = columns if columns is not None else DECLARED_COLUMNS[kind]
+    docs = {**COLUMN_DOCS, **SYNTHETIC_COLUMN_DOCS} if kind == "synthetic" else COLUMN_DOCS
+    rows = [[f"`{name}`", f"`{format_dtype(dtype)}`", docs.get(name, "(not documented)")] for name, dtype in cols.items()]
+    return _table(["column", "type", "meaning"], rows)
+
+
+def _analysis_section(analysis: Mapping[str, Any]) -> str:
+    pairs = analysis.get("pairs")
+    if not isinstance(pairs, Mapping):
+        raise UserError("the analysis (analysis.json) has no 'pairs' table; re-run the analyze flow")
+    rows = []
+    for name, pair in pairs.items():
+        label = name.replace("~", " ~ ")
+        if pair.get("undefined"):
+            rows.append([label, pair.get("n", "-"), f"undefined: {pair.get('reason', 'no reason given')}", "", "", ""])
+            continue
+        pearson, spearman, kendall = (pair.get(m) or {} for m in ("pearson", "spearman", "kendall"))
+        ci = pearson.get("ci95")
+        ci_text = f" [{_fmt_r(ci[0])}, {_fmt_r(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
+        strength = f" ({pearson['strength']})" if "strength" in pearson else ""
+        rows.append(
+            [
+                label,
+                pair.get("n", "-"),
+                f"{_fmt_r(pearson.get('r'))}{ci_text}{strength}",
+                _fmt_p(pearson.get("p")),
+                f"{_fmt_r(spearman.get('r'))} (p {_fmt_p(spearman.get('p'))})",
+                f"{_fmt_r(kendall.get('r'))} (p {_fmt_p(kendall.get('p'))})",
+            ]
+        )
+    return (
+        f"Computed by the `analyze` flow over the n = {analysis.get('n', '-')} judged rows of the "
+        "`filtered` dataset (both splits). Pearson with its 95 % interval (Fisher z), Spearman and "
+        "Kendall tau-b; p-values are two-sided.\n\n"
+        + _table(["pair", "n", "Pearson r [95% CI]", "p", "Spearman rho", "Kendall tau"], rows)
+    )
+
+
+def _judged_body(kind: str, summary: Mapping[str, Any], splits: Mapping[str, int], analysis: Mapping[str, Any] | None) -> list[str]:
+    threshold = summary["threshold"]
+    parts = []
+    if kind == "filtered":
+        parts.append(
+            f"Every rollout whose reward is above {threshold}, judged for difficulty and style. Several "
+            "rollouts of the same problem can appear; the `unique` dataset keeps the best one per problem."
+        )
+    else:
+        parts.append(
+            f"One rollout per problem: the best judged rollout among those whose reward is above {threshold}."
+        )
+    parts.append("## How the data was made")
+    limit = summary.get("limit")
+    source_line = f"**Source.** Split `{summary['split']}` of {_source_text(str(summary['source']))}."
+    if limit is not None:
+        source_line += f" Test mode: only the first {limit} rows that passed the filter were kept."
+    parts.append(source_line)
+    parts.append(
+        f"**Filter.** Rows with `reward > {threshold}` (strict). Rows that could not be used (for example "
+        "a reply without `<answer>` tags) are never dropped silently: each is counted with its reason "
+        "in the stage table below."
+    )
+    parts.append("**Judge.** " + _judge_section(summary))
+    group_by = summary["group_by"]
+    if group_by == "problem_id":
+        key = "problem (`problem_id`, a hash of the normalised PyTorch reference code)"
+    else:
+        key = (
+            f"`{group_by}` (the original project's grouping: different problems that share a class "
+            "name are merged)"
+        )
+    dedupe = f"**Dedupe (`unique`).** One row per {key}: {DEDUPE_RULE}."
+    if kind == "filtered":
+        dedupe += " The `filtered` dataset itself is not deduplicated."
+    parts.append(dedupe)
+    parts.append(
+        f"**Split.** Train/validation by problem, not by row: each `problem_id` goes to validation when "
+        f"SHA-256 of `\"{summary['seed']}:<problem_id>\"` falls in the first {summary['val_fraction']:.0%} "
+        "of the hash range, otherwise to train (so about that share of problems, not exactly). All "
+        "rollouts of a problem share one split, so no problem is in both, and a problem's split is the "
+        "same in `filtered` and `unique`."
+    )
+    parts.append(
+        "**Rows per stage.** The `filtered` dataset is the output of `judge`, split by problem; the "
+        "`unique` dataset is the output of `dedupe`, split by problem.\n\n" + _stages_table(summary)
+    )
+    parts += _warnings(summary)
+    if analysis is not None:
+        parts.append("## Correlations of difficulty, style and reward")
+        parts.append(_analysis_section(analysis))
+    return parts
+
+
+def _synthetic_body(summary: Mapping[str, Any]) -> list[str]:
+    model = summary.get("generator_model") or "not recorded"
+    version = summary.get("generator_prompt_version") or "not recorded"
+    limit = summary.get("limit")
+    source_line = f"**Source.** Split `{summary['split']}` of {_source_text(str(summary['source']))}."
+    if limit is not None:
+        source_line += f" Test mode: only the first {limit} rows were used."
+    parts = [
+        "Task specifications for SFT: each row pairs a PyTorch module from KernelBook "
+        "(`module_name`, `python_code`, unchanged) with a `prompt` describing the kernel to write, "
+        "generated by an LLM. The prompts are **synthetic** (model-written).",
+        "## How the data was made",
+        source_line,
+        f"**Generator.** `{model}` with prompt version `{version}`. The full module was sent (nothing "
+        "truncated); rows whose generation failed are not in the dataset and are counted in the stage "
+        "table below.",
+        "**Rows per stage.**\n\n" + _stages_table(summary),
+    ]
+    return parts + _warnings(summary)
+
+
+def _warnings(summary: Mapping[str, Any]) -> list[str]:
+    warnings = summary.get("warnings") or []
+    if not warnings:
+        return []
+    return ["**Warnings of the run.**\n\n" + "\n".join(f"- {_cell(w)}" for w in warnings)]
+
+
+# --- the card ------------------------------------------------------------------------------
+
+
+def render_dataset_card(
+    kind: Kind,
+    summary: dict,
+    splits: dict[str, int],
+    analysis: dict | None = None,
+    repo_id: str | None = None,
+    *,
+    split_bytes: Mapping[str, int] | None = None,
+    columns: Mapping[str, pl.DataType] | None = None,
+) -> str:
+    """The dataset card (``README.md`` text) of one output dataset.
+
+    ``kind``: ``filtered``, ``unique`` or ``synthetic``. ``summary``: the run summary as a dict
+    (``run_summary.json``; ``synthetic_summary.json`` for ``synthetic``). ``splits``: rows per
+    split, e.g. ``{"train": 80, "validation": 9}``. ``analysis``: ``analysis.json`` of the
+    analyze flow (adds the correlation table). ``repo_id``: the Hub repository (adds a loading
+    snippet). ``split_bytes``: Arrow bytes per split; with it the YAML carries ``dataset_info``,
+    which ``datasets`` checks the row counts against. ``columns``: the actual column names and
+    types (default: the declared schema of ``kind``).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if set(splits) != set(EXPECTED_SPLITS[kind]):
+        raise ValueError(f"{kind} needs splits {list(EXPECTED_SPLITS[kind])}, got {list(splits)}")
+    splits = {split: splits[split] for split in EXPECTED_SPLITS[kind]}  # the published order
+    if split_bytes is not None and set(split_bytes) != set(splits):
+        raise ValueError(f"split_bytes covers {sorted(split_bytes)}, splits are {sorted(splits)}")
+    if kind == "synthetic":
+        _require(summary, ("source", "split", "stages"), "prompt-generation summary")
+    else:
+        _require(
+            summary,
+            ("source", "split", "threshold", "judge", "group_by", "seed", "val_fraction", "stages"),
+            "run summary",
+        )
+
+    header = yaml.safe_dump(card_metadata(kind, summary, splits, split_bytes), sort_keys=False, allow_unicode=True)
+    title = repo_id or _PRETTY[kind]
+    version = summary.get("version", __version__)
+    finished = summary.get("finished_at")
+    pipeline = summary.get("pipeline", "generate" if kind == "synthetic" else "curate")
+    generated = f"Generated by kernelbook-curator {version} from the `{pipeline}` run"
+    generated += f" finished at {finished}." if finished else "."
+    parts = [
+        f"# {title}",
+        f"> {generated} This card is written by the pipeline; edit the pipeline, not the card.",
+    ]
+    body = _synthetic_body(summary) if kind == "synthetic" else _judged_body(kind, summary, splits, analysis)
+    parts.append(body[0])
+    parts.append(_table(["split", "rows"], [[split, count] for split, count in splits.items()]))
+    if repo_id:
+        parts.append(f'```python\nfrom datasets import load_dataset\n\nds = load_dataset("{repo_id}")\n```')
+    parts += body[1:]
+    parts.append("## Columns")
+    parts.append(_columns_table(kind, columns))
+    parts.append("## Licence")
+    parts.append(
+        "Not verified. The PyTorch modules come from public GitHub repositories via KernelBook (each "
+        "under its own licence) and the Triton code and prompts are model output. Check the upstream "
+        "datasets' terms before you redistribute or train on this data."
+    )
+    return f"---\n{header}---\n\n" + "\n\n".join(parts) + "\n"

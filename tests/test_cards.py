@@ -1,0 +1,245 @@
+"""Dataset cards: YAML the Hub and ``datasets`` understand, an honest account of how the data
+was made, and nothing secret. ``write_out`` (also used by test_publish) builds a small output
+folder in Hub layout, like the curate flow's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from kernelbook_lib import schema
+from kernelbook_lib.cards import render_dataset_card
+from kernelbook_lib.errors import UserError
+from kernelbook_lib.summary import RunSummary
+from kernelbook_lib.text import problem_id
+from tests import factories
+
+SPLIT_FILE = "data/{split}-00000-of-00001.parquet"
+
+
+def judged_frame(problems: list[int], rollouts: int = 2) -> pl.DataFrame:
+    """Judged rows in the output column order: ``rollouts`` rows for each problem number."""
+    rows = [factories.row(p * 100 + j, k=p, name=f"Mod{p}", reward=0.9 + j / 100) for p in problems for j in range(rollouts)]
+    frame = factories.frame(rows)
+    n = frame.height
+    judged = pl.DataFrame(
+        {
+            "problem_id": [problem_id(r["info"]["python_code"]) for r in rows],
+            "difficulty": [3] * n,
+            "style": [5] * n,
+            "judge": ["static-ast-v1"] * n,
+            "judge_model": [None] * n,
+            "judge_prompt_version": [None] * n,
+            "judge_rationale": ["elementwise; tidy"] * n,
+            "judge_prompt_tokens": [None] * n,
+            "judge_completion_tokens": [None] * n,
+            "score": [r["reward"] * 15 for r in rows],
+        },
+        schema=schema.JUDGED_SCHEMA,
+    )
+    return pl.concat([frame, judged], how="horizontal")
+
+
+def run_summary(datasets: dict[str, dict[str, int]], **overrides) -> dict:
+    """A consistent run summary (the lead's RunSummary model) for the given dataset counts."""
+    n_filtered = sum(datasets["filtered"].values())
+    n_unique = sum(datasets["unique"].values())
+    fields = dict(
+        source="sample", split="train", threshold=0.85, limit=None, judge="static-ast-v1",
+        group_by="problem_id", seed=42, val_fraction=0.1,
+        started_at="2025-01-01T00:00:00+00:00", finished_at="2025-01-01T00:01:00+00:00",
+        stages=[
+            {"name": "load", "rows_in": n_filtered + 5, "rows_out": n_filtered + 2, "dropped": {"missing_answer": 3}},
+            {"name": "filter", "rows_in": n_filtered + 2, "rows_out": n_filtered, "dropped": {"reward_not_above_threshold": 2}},
+            {"name": "judge", "rows_in": n_filtered, "rows_out": n_filtered, "dropped": {}},
+            {"name": "dedupe", "rows_in": n_filtered, "rows_out": n_unique, "dropped": {"lower_score_than_best_of_problem_id": n_filtered - n_unique}},
+            {"name": "split", "rows_in": n_unique, "rows_out": n_unique, "dropped": {}},
+        ],
+        datasets=datasets,
+    )
+    fields.update(overrides)
+    return RunSummary(**fields).model_dump(mode="json")
+
+
+def write_dataset(folder: Path, splits: dict[str, pl.DataFrame], card: str | None = None) -> None:
+    for split, frame in splits.items():
+        target = folder / SPLIT_FILE.format(split=split)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(target)
+    if card is not None:
+        (folder / "README.md").write_text(card, encoding="utf-8")
+
+
+def write_out(root: Path, *, train: tuple[int, ...] = (1, 2, 3), validation: tuple[int, ...] = (4,), summary_overrides: dict | None = None) -> Path:
+    """An output folder like the curate flow's: filtered (2 rollouts per problem) and unique
+    (1 per problem), split by problem, with cards and run_summary.json."""
+    root.mkdir(parents=True, exist_ok=True)
+    data = {
+        "filtered": {"train": judged_frame(list(train)), "validation": judged_frame(list(validation))},
+        "unique": {"train": judged_frame(list(train), 1), "validation": judged_frame(list(validation), 1)},
+    }
+    counts = {kind: {split: f.height for split, f in splits.items()} for kind, splits in data.items()}
+    summary = run_summary(counts, **(summary_overrides or {}))
+    for kind, splits in data.items():
+        write_dataset(root / kind, splits, render_dataset_card(kind, summary, counts[kind]))
+    (root / "run_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return root
+
+
+def write_synthetic(root: Path, n: int = 3) -> Path:
+    frame = pl.DataFrame(
+        {"prompt": [f"Write a Triton kernel for task {i}." for i in range(n)], "module_name": [f"Mod{i}" for i in range(n)],
+         "python_code": [factories.MODULE.format(name=f"Mod{i}", k=i) for i in range(n)]}
+    )
+    summary = {
+        "pipeline": "generate", "version": "0.1.0", "source": "GPUMODE/KernelBook", "split": "train", "limit": None,
+        "generator_model": "openai/gpt-5.2", "generator_prompt_version": "generate-v1",
+        "started_at": "2025-01-01T00:00:00+00:00", "finished_at": "2025-01-01T00:02:00+00:00",
+        "stages": [{"name": "load", "rows_in": n, "rows_out": n, "dropped": {}}, {"name": "generate", "rows_in": n, "rows_out": n, "dropped": {}}],
+        "datasets": {"synthetic": {"train": n}}, "llm": {"calls": n, "prompt_tokens": 100 * n}, "warnings": [],
+    }
+    write_dataset(root / "synthetic", {"train": frame}, render_dataset_card("synthetic", summary, {"train": n}))
+    (root / "synthetic_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    return root
+
+
+def front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    header, _, _ = card[4:].partition("\n---\n")
+    return yaml.safe_load(header)
+
+
+ANALYSIS = {
+    "n": 8,
+    "pairs": {
+        "difficulty~reward": {
+            "n": 8,
+            "pearson": {"r": 0.0712, "p": 0.51, "ci95": [-0.14, 0.28], "strength": "negligible", "direction": "positive", "significant": False},
+            "spearman": {"r": 0.05, "p": 0.6},
+            "kendall": {"r": 0.04, "p": 0.62},
+        },
+        "style~reward": {"n": 8, "undefined": True, "reason": "style is constant (every row is 5)"},
+    },
+}
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return write_out(tmp_path / "out")
+
+
+def test_card_header_is_metadata_the_hub_and_datasets_read(out: Path):
+    from huggingface_hub import DatasetCard
+
+    summary = json.loads((out / "run_summary.json").read_text())
+    card = render_dataset_card("filtered", summary, {"train": 6, "validation": 2}, split_bytes={"train": 1000, "validation": 300})
+    meta = front_matter(card)
+    assert meta["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}, {"split": "validation", "path": "data/validation-*"}]}
+    ]
+    assert meta["dataset_info"]["splits"] == [
+        {"name": "train", "num_bytes": 1000, "num_examples": 6},
+        {"name": "validation", "num_bytes": 300, "num_examples": 2},
+    ]
+    assert meta["license"] == "other" and meta["task_categories"] == ["text-generation"]
+    assert {"triton", "gpu-kernels", "sft"} <= set(meta["tags"]) and "synthetic" not in meta["tags"]
+    # huggingface_hub's own card parser reads the same metadata.
+    parsed = DatasetCard(card).data
+    assert parsed.license == "other" and parsed.configs == meta["configs"]
+    # Without byte sizes there is no dataset_info (datasets would ignore splits lacking num_bytes).
+    assert "dataset_info" not in front_matter(render_dataset_card("filtered", summary, {"train": 6, "validation": 2}))
+
+
+def test_datasets_loads_the_folder_with_its_card(out: Path, tmp_path: Path):
+    import datasets
+
+    loaded = datasets.load_dataset(str(out / "filtered"), cache_dir=str(tmp_path / "cache"))
+    assert set(loaded) == {"train", "validation"}
+    assert (loaded["train"].num_rows, loaded["validation"].num_rows) == (6, 2)
+    assert "problem_id" in loaded["train"].column_names
+
+
+def test_card_row_counts_are_checked_by_datasets(out: Path, tmp_path: Path):
+    """With dataset_info, datasets compares the card's counts with the data: a wrong card fails."""
+    import datasets
+    from datasets.exceptions import NonMatchingSplitsSizesError
+
+    summary = json.loads((out / "run_summary.json").read_text())
+    folder = out / "unique"
+    (folder / "README.md").write_text(
+        render_dataset_card("unique", summary, {"train": 3, "validation": 1}, split_bytes={"train": 10, "validation": 10})
+    )
+    assert datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "ok"))["train"].num_rows == 3
+    (folder / "README.md").write_text(
+        render_dataset_card("unique", summary, {"train": 4, "validation": 1}, split_bytes={"train": 10, "validation": 10})
+    )
+    with pytest.raises(NonMatchingSplitsSizesError):
+        datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "bad"))
+
+
+def test_card_tells_how_the_data_was_made(out: Path):
+    summary = json.loads((out / "run_summary.json").read_text())
+    card = render_dataset_card("unique", summary, {"train": 3, "validation": 1})
+    body = card.split("\n---\n", 1)[1]
+    assert "| train | 3 |" in body and "| validation | 1 |" in body
+    assert "reward > 0.85" in body
+    assert "**heuristic stand-in**" in body and "`static-ast-v1`" in body
+    assert "ties go to the higher `reward`, then the lower `example_id`" in body
+    assert 'SHA-256 of `"42:<problem_id>"`' in body and "first 10%" in body and "no problem is in both" in body
+    # The stage table carries every stage's counts and drop reasons.
+    assert "| load | 13 | 10 | 3 | missing_answer: 3 |" in body
+    assert "| dedupe | 8 | 4 | 4 | lower_score_than_best_of_problem_id: 4 |" in body
+    assert "| `problem_id` | `string` |" in body and "| `prompt` | `list<struct<role: string, content: string>>` |" in body
+    assert "Correlations" not in body  # no analysis given
+
+
+def test_llm_judge_card_names_model_and_prompt_version_and_shows_no_secret(out: Path, monkeypatch):
+    secrets = {"HF_TOKEN": "hf_SECRETtokenVALUE1234567890abcdef", "PRIME_API_KEY": "sk-SECRETkeyVALUE1234567890"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    summary = json.loads((out / "run_summary.json").read_text())
+    summary.update(
+        judge="llm", judge_model="openai/gpt-5.2", judge_prompt_version="judge-v1",
+        source="/home/alice/private-project/evals.parquet",
+        # A careless caller might put anything in the LLM block: only numbers are shown.
+        llm={"calls": 8, "prompt_tokens": 12345, "api_key": secrets["PRIME_API_KEY"], "base_url": f"https://u:{secrets['HF_TOKEN']}@x"},
+    )
+    card = render_dataset_card("filtered", summary, {"train": 6, "validation": 2}, analysis=ANALYSIS, repo_id="me/kb-filtered")
+    assert "`openai/gpt-5.2`" in card and "`judge-v1`" in card and "heuristic stand-in" not in card
+    assert "llm-judged" in front_matter(card)["tags"]
+    assert "| prompt_tokens | 12345 |" in card
+    for value in secrets.values():
+        assert value not in card
+    assert "/home/alice" not in card and "`evals.parquet`" in card
+    assert 'load_dataset("me/kb-filtered")' in card
+
+
+def test_correlation_summary_from_the_analysis(out: Path):
+    summary = json.loads((out / "run_summary.json").read_text())
+    card = render_dataset_card("filtered", summary, {"train": 6, "validation": 2}, analysis=ANALYSIS)
+    assert "n = 8 judged rows" in card
+    assert "| difficulty ~ reward | 8 | +0.071 [-0.140, +0.280] (negligible) | 0.51 | +0.050 (p 0.6) | +0.040 (p 0.62) |" in card
+    assert "| style ~ reward | 8 | undefined: style is constant (every row is 5) |" in card
+
+
+def test_synthetic_card(tmp_path: Path):
+    root = write_synthetic(tmp_path)
+    card = (root / "synthetic" / "README.md").read_text()
+    meta = front_matter(card)
+    assert "synthetic" in meta["tags"] and meta["source_datasets"] == ["GPUMODE/KernelBook"]
+    assert meta["configs"][0]["data_files"] == [{"split": "train", "path": "data/train-*"}]
+    assert "`openai/gpt-5.2`" in card and "`generate-v1`" in card and "| train | 3 |" in card
+    assert "| `prompt` | `string` | the generated task specification (model-written) |" in card
+
+
+def test_card_refuses_wrong_splits_and_incomplete_summaries(out: Path):
+    summary = json.loads((out / "run_summary.json").read_text())
+    with pytest.raises(ValueError, match="needs splits"):
+        render_dataset_card("filtered", summary, {"train": 6})
+    del summary["judge"]
+    with pytest.raises(UserError, match="lacks field"):
+        render_dataset_card("filtered", summary, {"train": 6, "validation": 2})
