@@ -17,6 +17,7 @@ from kernelbook_lib.loading import DEFAULT_SOURCE
 from kernelbook_lib.stages import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION
 from kernelbook_lib.summary import now_iso
 from tasks.curate import (
+    check_judge_failures,
     dedupe,
     export_outputs,
     filter_rewards,
@@ -34,20 +35,22 @@ def curate(
     source: str = DEFAULT_SOURCE,
     split: Literal["train", "validation", "all"] = "train",
     threshold: float = DEFAULT_THRESHOLD,
-    judge: Literal["auto", "static"] = "auto",
+    judge: Literal["auto", "static", "llm"] = "auto",
     limit: int | None = None,
     seed: int = DEFAULT_SEED,
     val_fraction: float = DEFAULT_VAL_FRACTION,
     group_by: Literal["problem_id", "module_name"] = "problem_id",
     out: str = "outputs",
     analysis: bool = True,
+    refresh_judge: bool = False,
+    max_judge_failure_rate: float = 0.01,
 ) -> dict:
     """Curate eval rollouts into the ``filtered`` and ``unique`` SFT datasets in ``out``."""
     started_at = now_iso()
     out_dir = prepare_out(out)
     loaded = validate_rows(load_source(source, split))
     kept = filter_rewards(loaded.frame, threshold, limit)
-    judged, judge_info = judge_rows(kept.frame, resolve_judge(judge))
+    judged, judge_info = judge_rows(kept.frame, resolve_judge(judge), refresh_judge)
     unique = dedupe(judged.frame, group_by)
     filtered_split, splitted = split_by_problem(judged.frame, unique.frame, seed, val_fraction)
     summary = export_outputs(
@@ -63,6 +66,7 @@ def curate(
     )
     if analysis:
         analyze(input=out_dir)
+    check_judge_failures(judged, max_judge_failure_rate)
     return summary.model_dump(mode="json")
 
 

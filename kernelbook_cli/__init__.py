@@ -44,6 +44,7 @@ class Split(str, Enum):
 class JudgeChoice(str, Enum):
     auto = "auto"
     static = "static"
+    llm = "llm"
 
 
 class GroupBy(str, Enum):
@@ -94,26 +95,31 @@ def curate(
     source: Annotated[str, typer.Option(help="'sample' (bundled synthetic sample), a local .parquet/.jsonl file or folder, or a Hub dataset id.")] = "siro1/kernelbook-glm4-evals",
     split: Annotated[Split, typer.Option(help="Source split to read (the original used train).")] = Split.train,
     threshold: Annotated[float, typer.Option(help="Keep rows with reward strictly above this.")] = 0.85,
-    judge: Annotated[JudgeChoice, typer.Option(help="auto: the static judge (the LLM judge is not wired yet); static: offline AST heuristic.")] = JudgeChoice.auto,
+    judge: Annotated[JudgeChoice, typer.Option(help="llm: the LLM judge (needs PRIME_API_KEY); static: the offline AST heuristic; auto: llm when a key is configured, else static.")] = JudgeChoice.auto,
     limit: Annotated[Optional[int], typer.Option(help="Keep only the first N rows that pass the filter (test mode).", min=1)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the problem-grouped train/validation split.")] = 42,
     val_fraction: Annotated[float, typer.Option(help="Share of problems in validation.")] = 0.1,
     group_by: Annotated[GroupBy, typer.Option(help="Dedupe key: problem_id (default) or module_name (the original's grouping).")] = GroupBy.problem_id,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("outputs"),
     analysis: Annotated[bool, typer.Option("--analysis/--no-analysis", help="Run the analysis (statistics, plots, report) at the end.")] = True,
+    refresh_judge: Annotated[bool, typer.Option("--refresh-judge", help="Ignore cached LLM judgements and call again (the new replies replace the cached ones).")] = False,
+    max_judge_failure_rate: Annotated[float, typer.Option(help="Exit non-zero (after writing everything) when more than this share of rows could not be judged.", min=0.0, max=1.0)] = 0.01,
 ) -> None:
     """Load, filter, judge, dedupe, split and export (the filtered and unique datasets)."""
     from flows.curate import curate as curate_flow
-    from kernelbook_lib.summary import RunSummary, format_table
+    from kernelbook_lib.summary import RunSummary, format_llm, format_table
 
     result = run_flow(
         curate_flow,
         source=source, split=split.value, threshold=threshold, judge=judge.value, limit=limit,
         seed=seed, val_fraction=val_fraction, group_by=group_by.value, out=str(out), analysis=analysis,
+        refresh_judge=refresh_judge, max_judge_failure_rate=max_judge_failure_rate,
     )
     summary = RunSummary.model_validate(result)
     typer.echo("")
     typer.echo(format_table(summary))
+    if summary.llm:
+        typer.echo(format_llm(summary.llm))
     for warning in summary.warnings:
         typer.echo(f"warning: {warning}")
     typer.echo(f"outputs in {out}/ (filtered/, unique/, rejected.jsonl, run_summary.json{', analysis/' if analysis else ''})")

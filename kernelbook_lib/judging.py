@@ -11,6 +11,8 @@ import polars as pl
 
 from kernelbook_lib import schema
 from kernelbook_lib.ledger import StageResult, rejections
+from kernelbook_lib.llm import LLMOutcome, LLMRequest
+from kernelbook_lib.rubric import JUDGE_PROMPT_VERSION, JudgeReply, build_judge_messages
 from kernelbook_lib.stages import add_score
 from kernelbook_lib.static_judge import STATIC_JUDGE_NAME, analyze_module, difficulty_of, style_of, verdict_rationale
 
@@ -65,3 +67,57 @@ def apply_verdicts(frame: pl.DataFrame, verdicts: pl.DataFrame) -> StageResult:
     judged = add_score(joined.filter(pl.col("_failure").is_null()).drop("_failure", "_failure_detail"))
     rejected = rejections(failed, "judge", pl.col("_failure"), pl.col("_failure_detail"))
     return StageResult.of("judge", frame.height, judged, rejected)
+
+
+# --- the LLM judge ----------------------------------------------------------------------
+
+LLM_JUDGE_NAME = "llm"
+JUDGE_PURPOSE = "judge"  # the reply parser registered in kernelbook_lib.llm
+
+
+def llm_judge_requests(frame: pl.DataFrame, model: str) -> list[LLMRequest]:
+    """One request per row: the full PyTorch module and the full solution (never truncated).
+    Rows with the same prompt share a cache key, so a duplicate is paid for once."""
+    return [
+        LLMRequest.build(
+            model=model,
+            prompt_version=JUDGE_PROMPT_VERSION,
+            purpose=JUDGE_PURPOSE,
+            messages=build_judge_messages(module_name, code, answer),
+        )
+        for module_name, code, answer in frame.select(schema.MODULE_NAME, schema.PYTHON_CODE, schema.SOLUTION).iter_rows()
+    ]
+
+
+def failure_reason(kind: str | None) -> str:
+    """The ledger reason for a row the LLM judge could not judge."""
+    if kind == "prompt_too_long":
+        return "judge_prompt_too_long"
+    if kind == "invalid_reply":
+        return "judge_invalid_reply"
+    return f"judge_failed:{kind or 'unknown'}"
+
+
+def llm_verdicts(frame: pl.DataFrame, outcomes: list[LLMOutcome], model: str) -> pl.DataFrame:
+    """Verdict rows from the LLM outcomes (one per row of ``frame``, in the same order)."""
+    if len(outcomes) != frame.height:
+        raise RuntimeError(f"{len(outcomes)} LLM outcomes for {frame.height} rows; refusing to guess")
+    rows: dict[str, list] = {c: [] for c in VERDICT_SCHEMA}
+    for row, outcome in zip(frame.get_column(schema.ROW).to_list(), outcomes):
+        reply = JudgeReply.model_validate(outcome.reply) if outcome.ok else None
+        rows[schema.ROW].append(row)
+        rows["difficulty"].append(reply.difficulty if reply else None)
+        rows["style"].append(reply.style if reply else None)
+        rows["judge"].append(LLM_JUDGE_NAME)
+        rows["judge_model"].append(model)
+        rows["judge_prompt_version"].append(JUDGE_PROMPT_VERSION)
+        rows["judge_rationale"].append(reply.rationale if reply else None)
+        rows["judge_prompt_tokens"].append(outcome.prompt_tokens if outcome.ok else None)
+        rows["judge_completion_tokens"].append(outcome.completion_tokens if outcome.ok else None)
+        rows["_failure"].append(None if outcome.ok else failure_reason(outcome.failure_kind))
+        rows["_failure_detail"].append(None if outcome.ok else outcome.failure_detail)
+    return pl.DataFrame(rows, schema=VERDICT_SCHEMA)
+
+
+def failure_rate(report_dropped: dict[str, int], rows_in: int) -> float:
+    return sum(report_dropped.values()) / rows_in if rows_in else 0.0

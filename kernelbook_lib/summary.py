@@ -57,3 +57,20 @@ def format_table(summary: RunSummary) -> str:
     for name, counts in summary.datasets.items():
         lines.append(f"{name}: train {counts.get('train', 0)}, validation {counts.get('validation', 0)}")
     return "\n".join(lines)
+
+
+def format_llm(accounting: dict[str, Any]) -> str:
+    """One line of LLM accounting: what was judged, cached, failed, paid for, and how fast."""
+    failures = accounting.get("failures_by_kind") or {}
+    cost = accounting.get("estimated_cost_usd")
+    parts = [
+        f"judged {accounting.get('succeeded', 0)}",
+        f"cache hits {accounting.get('cache_hits', 0)}",
+        f"failures {sum(failures.values())}" + (f" ({', '.join(f'{k} {v}' for k, v in failures.items())})" if failures else ""),
+        f"calls {accounting.get('calls_made', 0)}",
+        f"tokens {accounting.get('prompt_tokens', 0)} in / {accounting.get('completion_tokens', 0)} out",
+        f"cost {'$%.2f' % cost if cost is not None else 'n/a (set LLM_PRICE_*_PER_MTOK)'}",
+        f"wall {accounting.get('wall_s', 0):.1f} s",
+        f"{accounting.get('calls_per_s') or 0:.1f} calls/s",
+    ]
+    return "llm: " + ", ".join(parts)

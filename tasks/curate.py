@@ -14,11 +14,14 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from kernelbook_lib import export, judging, loading, stages
-from kernelbook_lib.errors import SourceUnavailableError
+from kernelbook_lib.errors import RunFailedError, SourceUnavailableError
 from kernelbook_lib.ledger import StageResult
+from kernelbook_lib.llm import LLMOutcome, LLMRequest
+from kernelbook_lib.rubric import JUDGE_PROMPT_VERSION
 from kernelbook_lib.settings import load_settings
 from kernelbook_lib.static_judge import STATIC_JUDGE_NAME
 from kernelbook_lib.summary import RunSummary
+from tasks.llm import run_llm_requests
 
 DATA_TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 #: Rows per static-judge task run: big enough that orchestration is noise, small enough to
@@ -94,11 +97,51 @@ def judge_static(frame: pl.DataFrame) -> StageResult:
     return apply_verdicts(frame, verdicts)
 
 
-def judge_rows(frame: pl.DataFrame, judge: str) -> tuple[StageResult, dict]:
-    """The judge stage: returns the judged rows and the judge's identity for the summary."""
+@task(name="judge-requests", **DATA_TASK)
+def build_judge_requests(frame: pl.DataFrame) -> tuple[list[LLMRequest], str]:
+    """The LLM judge's requests (full prompts, content-keyed) and the model they go to."""
+    model = load_settings().judge_model
+    return judging.llm_judge_requests(frame, model), model
+
+
+@task(name="llm-verdicts", **DATA_TASK)
+def llm_verdicts(frame: pl.DataFrame, outcomes: list[LLMOutcome], model: str) -> pl.DataFrame:
+    return judging.llm_verdicts(frame, outcomes, model)
+
+
+def judge_llm(frame: pl.DataFrame, refresh: bool) -> tuple[StageResult, dict, dict]:
+    """The LLM judge: calls go through ``tasks/llm.py`` (Prefect retries, content-keyed cache,
+    global concurrency limit); failures come back as outcomes and go to the ledger."""
+    requests, model = build_judge_requests(frame)
+    calls = run_llm_requests(requests, refresh=refresh, progress_label="judge")
+    judged = apply_verdicts(frame, llm_verdicts(frame, calls.outcomes, model))
+    identity = {"judge": judging.LLM_JUDGE_NAME, "judge_model": model, "judge_prompt_version": JUDGE_PROMPT_VERSION}
+    return judged, identity, calls.accounting
+
+
+def judge_rows(frame: pl.DataFrame, judge: str, refresh: bool = False) -> tuple[StageResult, dict]:
+    """The judge stage: the judged rows, and for the summary the judge's identity (plus the
+    LLM accounting under ``llm``)."""
     if judge == "static":
         return judge_static(frame), {"judge": STATIC_JUDGE_NAME, "judge_model": None, "judge_prompt_version": None}
+    if judge == "llm":
+        judged, identity, accounting = judge_llm(frame, refresh)
+        return judged, {**identity, "llm": accounting}
     raise ValueError(f"unknown judge {judge!r}")
+
+
+@task(name="check-judge-failures", **DATA_TASK)
+def check_judge_failures(judged: StageResult, max_rate: float) -> None:
+    """Fail the run (after everything is written) when too many rows could not be judged."""
+    report = judged.report
+    rate = judging.failure_rate(report.dropped, report.rows_in)
+    if rate > max_rate:
+        raise RunFailedError(
+            f"{sum(report.dropped.values())} of {report.rows_in} rows ({rate:.1%}) could not be judged "
+            f"({report.dropped}), more than --max-judge-failure-rate {max_rate:.1%}. The outputs and "
+            "rejected.jsonl are written; fix the cause and run again (judged rows are cached, so only "
+            "the failed ones are called again)."
+        )
 
 
 @task(name="dedupe", **DATA_TASK)

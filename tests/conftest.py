@@ -21,9 +21,14 @@ for _name in list(os.environ):
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing reaches the Hub at test time
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-import tasks  # noqa: E402,F401  (Prefect environment defaults)
-import prefect  # noqa: E402,F401  (configure Prefect's logging now, on the real stderr, not a CliRunner's)
+# Prefect's console log handler binds ``sys.stderr`` whenever logging is configured; under
+# pytest and CliRunner that is a capture stream closed after each test or invoke. Give it a
+# duplicate of file descriptor 2 that nobody closes (tests read logs through caplog).
+_CONSOLE = os.fdopen(os.dup(2), "w", buffering=1)
+os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_STREAM"] = "ext://tests.conftest._CONSOLE"
 
+import tasks  # noqa: E402,F401  (Prefect environment defaults)
+import prefect  # noqa: E402,F401  (Prefect configures its logging at import)
 import pytest  # noqa: E402
 
 

@@ -1,0 +1,115 @@
+"""`kernelbook curate --judge llm` end to end against a loopback OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from kernelbook_cli import app
+from kernelbook_lib.testing.llm_server import LLMTestServer, fault_marker
+from tests import factories
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+KEY = "sk-curate-test-SECRET-4f1c9e0a7b2d"
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    with LLMTestServer(latency=0.02, api_key=KEY) as srv:
+        monkeypatch.setenv("LLM_BASE_URL", srv.base_url)
+        monkeypatch.setenv("PRIME_API_KEY", KEY)
+        monkeypatch.setenv("LLM_RETRIES", "1")
+        monkeypatch.setenv("LLM_RETRY_BACKOFF_S", "0")
+        monkeypatch.setenv("KERNELBOOK_CACHE_DIR", str(tmp_path / "cache"))
+        yield srv
+
+
+def source(tmp_path: Path, faults: dict[int, str] | None = None) -> Path:
+    """Eight problems x 2 rollouts, all above the threshold; ``faults`` maps a problem to a
+    server fault injected into its prompt (through a comment in the module's code)."""
+    rows = []
+    for i in range(16):
+        problem = i // 2
+        code = factories.MODULE.format(name=f"M{problem}", k=problem)
+        if faults and problem in faults:
+            code += f"# {fault_marker(faults[problem])}\n"
+        rows.append(factories.row(problem, name=f"M{problem}", code=code, reward=0.9 + i * 0.001))
+    return factories.write(rows, tmp_path / "src.parquet")
+
+
+def curate(src: Path, out: Path, *extra: str):
+    return CliRunner().invoke(app, ["curate", "--source", str(src), "--out", str(out), "--no-analysis", *extra])
+
+
+def test_llm_judge_labels_rows_and_a_rerun_makes_no_calls(server, tmp_path):
+    src = source(tmp_path)
+    first = curate(src, tmp_path / "out1", "--judge", "llm")
+    assert first.exit_code == 0, first.output
+    calls_first = server.stats()["calls_total"]
+    assert calls_first == 8  # the two rollouts of a problem share module and solution: one prompt, paid once
+    frame = pl.read_parquet(tmp_path / "out1" / "filtered" / "data" / "*.parquet")
+    assert frame.height == 16
+    assert frame["judge"].unique().to_list() == ["llm"]
+    assert frame["judge_model"].unique().to_list() == ["openai/gpt-5.2"]
+    assert frame["judge_prompt_version"].unique().to_list() == ["judge-v1"]
+    assert (frame["judge_prompt_tokens"] > 0).all() and (frame["judge_completion_tokens"] > 0).all()
+    summary = json.loads((tmp_path / "out1" / "run_summary.json").read_text())
+    assert summary["judge"] == "llm" and summary["llm"]["calls_made"] == 8
+    assert "llm: judged" in first.output
+
+    # --judge auto picks the LLM judge when a key is configured; the cache answers everything.
+    second = curate(src, tmp_path / "out2")
+    assert second.exit_code == 0, second.output
+    assert server.stats()["calls_total"] == calls_first
+    again = json.loads((tmp_path / "out2" / "run_summary.json").read_text())
+    assert again["llm"]["calls_made"] == 0 and again["llm"]["cache_hits"] == 16
+    assert pl.read_parquet(tmp_path / "out2" / "filtered" / "data" / "*.parquet").equals(frame)
+
+    # --refresh-judge pays again.
+    third = curate(src, tmp_path / "out3", "--judge", "llm", "--refresh-judge")
+    assert third.exit_code == 0, third.output
+    assert server.stats()["calls_total"] == 2 * calls_first
+
+
+def test_failed_judgements_are_recorded_and_fail_the_run_after_writing(server, tmp_path):
+    src = source(tmp_path, faults={1: "400", 2: "malformed"})
+    result = curate(src, tmp_path / "out", "--judge", "llm")
+    assert result.exit_code == 1
+    assert "could not be judged" in result.output and "Traceback" not in result.output
+    out = tmp_path / "out"
+    summary = json.loads((out / "run_summary.json").read_text())
+    judge = summary["stages"][2]
+    assert judge["dropped"] == {"judge_failed:bad_request": 2, "judge_invalid_reply": 2}
+    assert judge["rows_in"] == judge["rows_out"] + 4
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert sorted(r["example_id"] for r in rejected if r["stage"] == "judge") == [1, 1, 2, 2]
+    # A high enough tolerance lets the same run succeed, from the cache plus the failed rows.
+    ok = curate(src, tmp_path / "out-ok", "--judge", "llm", "--max-judge-failure-rate", "0.5")
+    assert ok.exit_code == 0, ok.output
+
+
+def test_the_key_appears_in_no_output_and_no_log(server, tmp_path, caplog):
+    caplog.set_level("DEBUG")
+    src = source(tmp_path, faults={3: "500"})
+    result = curate(src, tmp_path / "out", "--judge", "llm", "--max-judge-failure-rate", "1")
+    assert result.exit_code == 0, result.output
+    assert KEY not in result.output and KEY not in caplog.text
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    for path in (tmp_path / "cache").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_wrong_key_stops_fast_with_a_clear_message(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIME_API_KEY", "sk-wrong-key-000000000000")
+    result = curate(source(tmp_path), tmp_path / "out", "--judge", "llm")
+    assert result.exit_code == 2
+    assert "PRIME_API_KEY" in result.output and "sk-wrong-key" not in result.output
+    assert server.stats()["calls_total"] < 16
+    assert not (tmp_path / "out" / "run_summary.json").exists()
