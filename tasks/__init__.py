@@ -1,0 +1,9 @@
+"""Library functions wrapped as Prefect tasks.
+
+Importing this package first configures Prefect's environment (before anything imports
+prefect), so every ``import tasks.x`` / ``import flows.x`` gets a quiet, reliable local mode.
+"""
+
+from tasks.runtime import configure_prefect_env
+
+configure_prefect_env()

@@ -13,7 +13,7 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from kernelbook_lib import export, judging, loading, stages
+from kernelbook_lib import export, judging, loading, schema, stages
 from kernelbook_lib.errors import RunFailedError, SourceUnavailableError
 from kernelbook_lib.ledger import StageResult
 from kernelbook_lib.llm import LLMOutcome, LLMRequest
@@ -91,7 +91,10 @@ def apply_verdicts(frame: pl.DataFrame, verdicts: pl.DataFrame) -> StageResult:
 
 def judge_static(frame: pl.DataFrame) -> StageResult:
     """Static-judge the rows in chunks (mapped, so a Dask task runner spreads them)."""
-    chunks = [frame.slice(i, STATIC_CHUNK_ROWS) for i in range(0, frame.height, STATIC_CHUNK_ROWS)]
+    # Only the columns the judge reads travel to the task runs (to other processes under a
+    # process or Dask task runner), not the prompts and completions.
+    needed = frame.select(schema.ROW, "problem_id", schema.PYTHON_CODE, schema.SOLUTION)
+    chunks = [needed.slice(i, STATIC_CHUNK_ROWS) for i in range(0, needed.height, STATIC_CHUNK_ROWS)]
     futures = judge_static_chunk.map(chunks)
     verdicts = pl.concat([f.result() for f in futures]) if chunks else judging.static_verdicts(frame)
     return apply_verdicts(frame, verdicts)

@@ -6,6 +6,7 @@ harness starts its own server), no real keys from a developer's ``.env``.
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 
@@ -25,6 +26,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 # pytest and CliRunner that is a capture stream closed after each test or invoke. Give it a
 # duplicate of file descriptor 2 that nobody closes (tests read logs through caplog).
 _CONSOLE = os.fdopen(os.dup(2), "w", buffering=1)
+atexit.register(_CONSOLE.close)
 os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_STREAM"] = "ext://tests.conftest._CONSOLE"
 
 import tasks  # noqa: E402,F401  (Prefect environment defaults)
