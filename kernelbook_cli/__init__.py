@@ -166,5 +166,35 @@ def publish(
         typer.echo(f"{commit['kind']}: {commit['repo_id']} {commit['commit_url']}")
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    llm = "llm"
+    template = "template"
+
+
+@app.command("generate-prompts")
+def generate_prompts(
+    source: Annotated[str, typer.Option(help="'sample' (bundled synthetic KernelBook sample), a local .parquet/.jsonl file or folder, or a Hub dataset id; KernelBook schema (module_name, python_code) or eval schema (info.*).")] = "GPUMODE/KernelBook",
+    split: Annotated[Split, typer.Option(help="Source split to read (KernelBook has train only).")] = Split.train,
+    backend: Annotated[Backend, typer.Option(help="llm: specifications written by GENERATOR_MODEL (needs PRIME_API_KEY); template: offline, built from the module's syntax tree; auto: llm when a key is configured, else template.")] = Backend.auto,
+    limit: Annotated[Optional[int], typer.Option(help="Generate for the first N distinct problems only (test mode).", min=1)] = None,
+    out: Annotated[Path, typer.Option(help="Output folder (may be curate's: only the synthetic* outputs are written).")] = Path("outputs"),
+    refresh: Annotated[bool, typer.Option("--refresh", help="Ignore cached LLM replies and call again (the new replies replace the cached ones).")] = False,
+) -> None:
+    """Write a task specification for every distinct PyTorch module (the synthetic prompts dataset)."""
+    from flows.generate_prompts import generate_prompts as generate_flow
+    from kernelbook_lib.prompt_gen import SyntheticSummary, format_summary
+
+    result = run_flow(
+        generate_flow, source=source, split=split.value, backend=backend.value, limit=limit, out=str(out), refresh=refresh,
+    )
+    summary = SyntheticSummary.model_validate(result)
+    typer.echo("")
+    typer.echo(format_summary(summary))
+    for warning in summary.warnings:
+        typer.echo(f"warning: {warning}")
+    typer.echo(f"outputs in {out}/ (synthetic_prompts.jsonl, synthetic/, synthetic_rejected.jsonl, synthetic_summary.json)")
+
+
 def main(argv: list[str] | None = None) -> None:
     app(args=argv if argv is not None else sys.argv[1:], prog_name="kernelbook")

@@ -259,7 +259,7 @@ def commit_text(kind: str, summary: Mapping[str, Any], rows: Mapping[str, int]) 
     counts = " / ".join(f"{n} {split}" for split, n in rows.items())
     source = public_source(str(summary.get("source", "?")))
     if kind == "synthetic":
-        who = f"generator {summary.get('generator_model') or 'unknown'}"
+        who = f"generator {summary.get('generator_model') or summary.get('generator') or 'unknown'}"
     else:
         who = f"judge {summary.get('judge_model') or summary.get('judge', '?')}"
     message = f"Publish {kind}: {counts} rows ({who}, source {source})"

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     llm_concurrency: int = Field(default=64, ge=1, le=4096)
     llm_timeout_s: float = Field(default=180.0, gt=0)
     llm_retries: int = Field(default=4, ge=0, le=20)
+    #: Delay before the first retry of a failed call, in seconds; it doubles on every retry
+    #: (Prefect's exponential backoff, with jitter). A longer Retry-After is honoured.
+    llm_retry_backoff_s: float = Field(default=2.0, ge=0, le=600)
+    #: The Prefect global concurrency limit that caps requests in flight (created if missing,
+    #: with the value LLM_CONCURRENCY; a value an operator set on a Prefect server wins).
+    llm_concurrency_limit_name: str = Field(default="kernelbook-llm", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     #: A prompt longer than this is not sent (the row is recorded, never truncated).
     llm_max_prompt_chars: int = Field(default=200_000, ge=1000)
     #: Optional prices in USD per million tokens, for the cost estimate.

@@ -1,0 +1,68 @@
+"""The ``generate-prompts`` flow: load -> dedupe by problem -> generate -> export.
+
+A task specification for every distinct PyTorch module of ``GPUMODE/KernelBook`` (or of the eval
+rollouts), written by an LLM (``--backend llm``, through the same LLM machinery as the judge) or
+by the offline AST template (``--backend template``). Run it with ``kernelbook generate-prompts``
+or ``python -m flows.generate_prompts`` (the same command line). It shares the output folder
+with ``curate`` but writes only its own files: ``synthetic_prompts.jsonl``, ``synthetic/``,
+``synthetic_rejected.jsonl`` and ``synthetic_summary.json``.
+"""
+
+from __future__ import annotations
+
+import tasks  # noqa: F401  (Prefect environment defaults, before prefect is imported)
+
+import sys
+
+from prefect import flow
+
+from kernelbook_lib import prompt_gen
+from kernelbook_lib.summary import now_iso
+from tasks.prompts import (
+    check_generation,
+    dedupe_problems,
+    export_synthetic,
+    generate_specs,
+    load_prompt_source,
+    prepare_synthetic_out,
+    resolve_backend,
+    validate_prompt_rows,
+)
+
+
+@flow(name="generate-prompts", log_prints=False)
+def generate_prompts(
+    source: str = prompt_gen.DEFAULT_SOURCE,
+    split: str = "train",
+    backend: str = "auto",
+    limit: int | None = None,
+    out: str = "outputs",
+    refresh: bool = False,
+) -> dict:
+    """Write a task specification for every distinct problem of ``source`` into ``out``."""
+    started_at = now_iso()
+    chosen = resolve_backend(backend)
+    out_dir = prepare_synthetic_out(out)
+    prepared = validate_prompt_rows(load_prompt_source(source, split))
+    problems = dedupe_problems(prepared.result.frame, limit)
+    generated, generator_info = generate_specs(problems.frame, chosen, refresh)
+    summary = export_synthetic(
+        out_dir,
+        dict(
+            source=source, split=split, limit=limit, input_schema=prepared.input_schema, backend=chosen,
+            **generator_info, **prompt_gen.dedupe_summary(problems, chosen),
+            provenance_columns=list(prepared.provenance), started_at=started_at,
+            stages=[r.report for r in (prepared.result, problems, generated)],
+            warnings=[*prepared.warnings, *prompt_gen.generation_warnings(generated.report)],
+        ),
+        generated.frame,
+        [prepared.result, problems, generated],
+    )
+    check_generation(generated)
+    return summary.model_dump(mode="json")
+
+
+if __name__ == "__main__":
+    from kernelbook_cli import main
+
+    main(["generate-prompts", *sys.argv[1:]])

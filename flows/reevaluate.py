@@ -1,0 +1,116 @@
+"""The ``re-evaluate`` flow: the scheduled refresh (``prefect.yaml``, weekly by default).
+
+Re-loads the source and runs the whole ``curate`` flow again, then refreshes the analysis, and
+publishes when ``publish`` is true: curate -> analyze -> publish, as subflows, so each shows as
+its own run (with its logs and artifacts) under the re-evaluate run in the UI.
+
+"Re-judge only what changed" needs nothing special here: the LLM judge caches every verdict
+under a key made of the judge model, the prompt version and the exact messages (rubric, module,
+solution), so a re-run pays only for new rows, a new model or a new prompt version, and reuses
+every other verdict. The static judge is deterministic and cheap, so it simply runs again. The
+filtered/unique datasets, the split and the analysis are recomputed from all rows each time,
+which keeps them consistent (a problem never changes split when the source grows).
+
+    python -m flows.reevaluate --source sample --judge static --out outputs [--publish]
+"""
+
+from __future__ import annotations
+
+import tasks  # noqa: F401  (Prefect environment defaults, before prefect is imported)
+
+import argparse
+import sys
+import typing
+
+from prefect import flow, get_run_logger
+
+from flows.analyze import analyze
+from flows.curate import curate
+from flows.publish import publish as publish_flow
+from kernelbook_lib.loading import DEFAULT_SOURCE, SplitName
+from kernelbook_lib.stages import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION, GroupBy
+from tasks.runners import TaskRunnerKind, task_runner_session
+
+#: The judges ``curate`` accepts, taken from its signature so the two flows never disagree.
+CurateJudge = typing.get_type_hints(curate.fn)["judge"]
+
+
+@flow(name="re-evaluate", log_prints=False)
+def reevaluate(
+    source: str = DEFAULT_SOURCE,
+    split: SplitName = "train",
+    judge: CurateJudge = "auto",  # type: ignore[valid-type]
+    out: str = "outputs",
+    publish: bool = False,
+    private: bool = True,
+    threshold: float = DEFAULT_THRESHOLD,
+    limit: int | None = None,
+    seed: int = DEFAULT_SEED,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    group_by: GroupBy = "problem_id",
+    max_judge_failure_rate: float | None = None,
+    task_runner: TaskRunnerKind = "default",
+    dask_address: str | None = None,
+) -> dict:
+    """Re-curate ``source`` into ``out`` (re-judging only what changed), refresh the analysis
+    in ``out``/analysis, and publish ``out`` to the Hub when ``publish`` is true (repos from
+    HF_FILTERED_REPO / HF_UNIQUE_REPO, token from HF_TOKEN). ``max_judge_failure_rate``
+    None keeps curate's default; a run over it stops before the analysis and the publish."""
+    logger = get_run_logger()
+    options = {} if max_judge_failure_rate is None else {"max_judge_failure_rate": max_judge_failure_rate}
+    # A Dask runner applies to the curate subflow, where the static judge is mapped over chunks.
+    with task_runner_session(task_runner, dask_address) as runner:
+        summary = curate.with_options(task_runner=runner)(
+            source=source, split=split, threshold=threshold, judge=judge, limit=limit, seed=seed,
+            val_fraction=val_fraction, group_by=group_by, out=out,
+            analysis=False,  # refreshed below, as this flow's own step
+            **options,
+        )
+    if summary.get("llm"):
+        logger.info(f"re-evaluate: judge calls {summary['llm']}")
+    analysis = analyze(input=out)
+    published = publish_flow(input=out, push=True, private=private) if publish else None
+    logger.info(
+        f"re-evaluate: {out} refreshed (datasets {summary['datasets']}); "
+        + ("published" if published else "not published (publish=false)")
+    )
+    return {
+        "out": out,
+        "summary": summary,
+        "analysis_report": analysis["report"],
+        "published": published,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.reevaluate``: run the flow once; a user error is one line, exit 2."""
+    from kernelbook_lib.errors import UserError
+
+    judges = typing.get_args(CurateJudge)
+    parser = argparse.ArgumentParser(prog="python -m flows.reevaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", default=DEFAULT_SOURCE)
+    parser.add_argument("--split", default="train", choices=typing.get_args(SplitName))
+    parser.add_argument("--judge", default="auto", choices=judges)
+    parser.add_argument("--out", default="outputs")
+    parser.add_argument("--publish", action="store_true", help="upload to the Hub at the end (needs HF_TOKEN)")
+    parser.add_argument("--public", dest="private", action="store_false", help="create public repos (default private)")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
+    parser.add_argument("--group-by", default="problem_id", choices=typing.get_args(GroupBy))
+    parser.add_argument("--max-judge-failure-rate", type=float, default=None)
+    parser.add_argument("--task-runner", default="default", choices=typing.get_args(TaskRunnerKind))
+    parser.add_argument("--dask-address", default=None)
+    args = parser.parse_args(argv)
+    try:
+        result = reevaluate(**vars(args))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"re-evaluated into {result['out']} (report: {result['analysis_report']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""The LLM machinery through Prefect (``tasks/llm.py``) against loopback servers: results,
+retries, the concurrency limit, caching and resuming, auth failures, secrets."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+
+import tasks  # noqa: F401  (Prefect environment defaults, before prefect)
+
+from prefect import flow
+
+from kernelbook_lib import llm, rubric
+from kernelbook_lib.errors import UserError
+from kernelbook_lib.llm import LLMAuthError, LLMRequest
+from kernelbook_lib.testing import synthetic_judge_requests
+from kernelbook_lib.testing.llm_server import expected_judge_reply, fault_marker, prompt_hash
+from tasks.llm import LLMRunResult, run_llm_requests
+from tests.llm_fixtures import *  # noqa: F403
+from tests.llm_fixtures import LLM_TEST_KEY
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_in_flow(requests: list[LLMRequest], **kwargs) -> LLMRunResult:
+    @flow(name="llm-test")
+    def llm_test_flow() -> LLMRunResult:
+        return run_llm_requests(requests, **kwargs)
+
+    return llm_test_flow()
+
+
+def marked(marker: str, i: int) -> LLMRequest:
+    messages = rubric.build_judge_messages(f"Mod{i}", f"import torch\n# case {i} {marker}", f"answer {i}")
+    return LLMRequest.build(model="test/judge-model", prompt_version=rubric.JUDGE_PROMPT_VERSION,
+                            purpose="judge", messages=messages)
+
+
+def calls_for(server, request: LLMRequest) -> int:
+    return server.stats()["calls_by_hash"].get(prompt_hash(list(request.messages)), 0)
+
+
+def test_results_concurrency_cache_and_refresh(llm_server, llm_env):
+    llm_env(llm_server, llm_concurrency=4, llm_price_input_per_mtok=1.0, llm_price_output_per_mtok=2.0)
+    distinct = synthetic_judge_requests(30)
+    requests = distinct + [distinct[3], distinct[7]]  # the same prompt twice is one call
+
+    first = run_in_flow(requests, progress_label="judge", chunk_size=4)  # 8 task runs
+    stats = llm_server.stats()
+    assert len(first.outcomes) == len(requests)
+    for request, outcome in zip(requests, first.outcomes, strict=True):  # in request order
+        assert outcome.key == request.key and outcome.ok and not outcome.cached and outcome.calls == 1
+        assert outcome.reply == expected_judge_reply(list(request.messages))
+    assert stats["calls_total"] == 30
+    assert stats["max_in_flight"] <= 4
+    acc = first.accounting
+    assert (acc["requests"], acc["distinct_requests"], acc["succeeded"], acc["failed"]) == (32, 30, 32, 0)
+    assert (acc["calls_made"], acc["cache_hits"], acc["failures_by_kind"]) == (30, 0, {})
+    assert acc["prompt_tokens"] > 0 and acc["completion_tokens"] > 0
+    assert acc["estimated_cost_usd"] == pytest.approx((acc["prompt_tokens"] + 2 * acc["completion_tokens"]) / 1e6)
+
+    again = run_in_flow(requests, progress_label="judge")
+    assert llm_server.stats()["calls_total"] == 30  # the second run made no call
+    assert all(o.cached and o.calls == 0 for o in again.outcomes)
+    assert [o.reply for o in again.outcomes] == [o.reply for o in first.outcomes]
+    assert (again.accounting["cache_hits"], again.accounting["calls_made"]) == (32, 0)
+
+    refreshed = run_in_flow(requests, refresh=True)
+    assert llm_server.stats()["calls_total"] == 60
+    assert all(o.ok and not o.cached for o in refreshed.outcomes)
+    assert run_in_flow(requests).accounting["calls_made"] == 0  # the refreshed answers were stored
+
+
+def test_every_fault_is_retried_or_recorded(make_llm_server, llm_env):
+    server = make_llm_server(latency=0.02, hang_s=30)
+    llm_env(server, llm_retries=2, llm_timeout_s=0.5, llm_max_prompt_chars=20_000)
+    cases = {
+        "rate_limited_once": marked(fault_marker("429", 1, 0.3), 0),
+        "server_error_twice": marked(fault_marker("500", 2), 1),
+        "malformed": marked(fault_marker("malformed"), 2),
+        "tags": marked(fault_marker("tags"), 3),
+        "hang": marked(fault_marker("hang"), 4),
+        "bad_request": marked(fault_marker("400"), 5),
+        "not_found": marked(fault_marker("404"), 6),
+        "too_long": marked("x" * 25_000, 7),
+        "fine": marked("", 8),
+    }
+    requests = list(cases.values())
+    result = run_in_flow(requests, chunk_size=3)
+    out = dict(zip(cases, result.outcomes, strict=True))
+
+    assert out["rate_limited_once"].ok and calls_for(server, cases["rate_limited_once"]) == 2
+    arrivals = server.stats()["times_by_hash"][prompt_hash(list(cases["rate_limited_once"].messages))]
+    assert arrivals[1] - arrivals[0] >= 0.3  # Retry-After honoured
+    assert out["server_error_twice"].ok and out["server_error_twice"].calls == 3
+    assert out["malformed"].failure_kind == llm.INVALID_REPLY and calls_for(server, cases["malformed"]) == 3
+    tags_expected = expected_judge_reply(list(cases["tags"].messages))
+    assert out["tags"].ok and out["tags"].reply == {**tags_expected, "rationale": ""}
+    assert out["hang"].failure_kind == llm.TIMEOUT and out["hang"].calls == 3
+    assert out["bad_request"].failure_kind == llm.BAD_REQUEST and calls_for(server, cases["bad_request"]) == 1
+    assert out["not_found"].failure_kind == llm.NOT_FOUND and calls_for(server, cases["not_found"]) == 1
+    assert out["too_long"].failure_kind == llm.PROMPT_TOO_LONG and calls_for(server, cases["too_long"]) == 0
+    assert out["fine"].ok and out["fine"].reply == expected_judge_reply(list(cases["fine"].messages))
+    for name in ("malformed", "hang", "bad_request", "not_found", "too_long"):
+        assert not out[name].ok and out[name].failure_detail  # recorded with a reason, never dropped
+
+    acc = result.accounting
+    assert acc["failures_by_kind"] == {"bad_request": 1, "invalid_reply": 1, "not_found": 1,
+                                       "prompt_too_long": 1, "timeout": 1}
+    assert acc["succeeded"] + acc["failed"] == len(requests)
+    assert acc["calls_made"] == server.stats()["calls_total"] == 2 + 3 + 3 + 1 + 3 + 1 + 1 + 0 + 1
+
+    # Failures are not cached: the next run asks again for them, and only for them.
+    before = server.stats()["calls_total"]
+    rerun = run_in_flow(requests, chunk_size=3)
+    assert rerun.accounting["cache_hits"] == 4
+    assert server.stats()["calls_total"] - before == 3 + 3 + 1 + 1  # malformed, hang, 400, 404
+
+
+def test_wrong_key_stops_the_run_at_once(make_llm_server, llm_env):
+    server = make_llm_server(api_key="sk-the-server-wants-another-key", echo_key_in_errors=True)
+    llm_env(server, llm_concurrency=4, llm_retries=3)
+    with pytest.raises(LLMAuthError) as caught:
+        run_in_flow(synthetic_judge_requests(40))
+    assert isinstance(caught.value, UserError)
+    message = str(caught.value)
+    assert "HTTP 401" in message and "PRIME_API_KEY" in message
+    assert LLM_TEST_KEY not in message
+    assert server.stats()["calls_total"] <= 4  # at most the first wave; nothing retried
+
+
+def test_wrong_team_stops_the_run_with_a_team_hint(make_llm_server, llm_env):
+    server = make_llm_server(team_id="team-42")
+    llm_env(server, prime_team_id="team-7", llm_concurrency=2)
+    with pytest.raises(LLMAuthError, match="PRIME_TEAM_ID") as caught:
+        run_in_flow(synthetic_judge_requests(10))
+    assert "HTTP 403" in str(caught.value)
+    assert server.stats()["calls_total"] <= 2
+
+
+def test_the_key_appears_in_no_log_cache_file_or_exception(make_llm_server, llm_env, caplog, tmp_path):
+    caplog.set_level(logging.DEBUG)
+    server = make_llm_server(latency=0.02)
+    env = llm_env(server, llm_retries=1)
+    requests = [marked(fault_marker(kind), i) for i, kind in enumerate(("500", "malformed", "400", "tags"))]
+    requests += synthetic_judge_requests(4)
+    run_in_flow(requests)
+
+    echoing = make_llm_server(api_key="sk-the-server-wants-another-key", echo_key_in_errors=True)
+    llm_env(echoing)
+    with pytest.raises(LLMAuthError) as caught:
+        run_in_flow(synthetic_judge_requests(3, seed=99))  # not cached: they reach the server
+    exception_text = "".join(traceback.format_exception(caught.value)) + repr(caught.value)
+
+    assert LLM_TEST_KEY not in exception_text
+    assert caplog.records and LLM_TEST_KEY not in caplog.text
+    assert all(LLM_TEST_KEY not in str(r.__dict__) for r in caplog.records)
+    files = [p for p in Path(env["KERNELBOOK_CACHE_DIR"]).rglob("*") if p.is_file()]
+    assert files and all(LLM_TEST_KEY.encode() not in p.read_bytes() for p in files)
+
+
+def test_damaged_cache_entries_are_misses_with_a_warning(llm_server, llm_env, caplog):
+    env = llm_env(llm_server)
+    requests = synthetic_judge_requests(6)
+    first = run_in_flow(requests)
+    cache = Path(env["KERNELBOOK_CACHE_DIR"]) / "llm"
+    paths = [cache / request.key[:2] / f"{request.key}.json" for request in requests]
+    assert all(p.is_file() for p in paths)
+    truncated, edited, garbage = paths[0], paths[1], paths[2]
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    original = expected_judge_reply(list(requests[1].messages))["difficulty"]
+    text = edited.read_text()
+    needle = f'\\"difficulty\\": {original}'
+    assert needle in text  # the reply is stored as JSON inside Prefect's JSON record
+    edited.write_text(text.replace(needle, f'\\"difficulty\\": {(original + 1) % 11}'))  # still valid JSON
+    garbage.write_bytes(b"\x00\xff not json")
+
+    caplog.set_level(logging.WARNING)
+    again = run_in_flow(requests)
+    assert llm_server.stats()["calls_total"] == 6 + 3
+    assert [o.reply for o in again.outcomes] == [o.reply for o in first.outcomes]  # never a wrong score
+    assert [o.cached for o in again.outcomes] == [False, False, False, True, True, True]
+    assert again.accounting["cache_warnings"] == 3
+    assert caplog.text.count("ignoring damaged cache entry") == 3
+
+
+def test_a_server_set_limit_wins_over_llm_concurrency(llm_server, llm_env, caplog):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    env = llm_env(llm_server, llm_concurrency=8)
+
+    async def create() -> None:
+        async with get_client() as client:
+            await client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=env["LLM_CONCURRENCY_LIMIT_NAME"], limit=2))
+
+    run_coro_as_sync(create())
+    caplog.set_level(logging.INFO)
+    result = run_in_flow(synthetic_judge_requests(16))
+    assert all(o.ok for o in result.outcomes)
+    assert llm_server.stats()["max_in_flight"] <= 2
+    assert result.accounting["concurrency"] == 2
+    assert "using the server's value" in caplog.text
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    import tasks
+    from prefect import flow
+    from kernelbook_lib.testing import synthetic_judge_requests
+    from tasks.llm import run_llm_requests
+
+    @flow(name="llm-killed")
+    def killed():
+        run_llm_requests(synthetic_judge_requests(int(sys.argv[1])))
+
+    killed()
+    """
+)
+
+
+def test_a_killed_run_resumes_without_paying_twice(make_llm_server, llm_env, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    server = make_llm_server(latency=0.2)
+    env = llm_env(server, llm_concurrency=4)
+    n = 60
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    child_env = {**os.environ, **env, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
+    # conftest points Prefect's console handler at an object in tests.conftest; a child resolving
+    # it would import conftest, which clears the LLM settings from the environment.
+    child_env.pop("PREFECT_LOGGING_HANDLERS_CONSOLE_STREAM", None)
+    log = tmp_path / "child.log"
+    with log.open("wb") as sink:
+        child = subprocess.Popen([sys.executable, str(script), str(n)], env=child_env, cwd=ROOT,
+                                 stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while server.stats()["calls_total"] < 16:
+            assert child.poll() is None, f"the child run ended before it could be killed:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the child run made no progress"
+            time.sleep(0.02)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    made_before_kill = server.stats()["calls_total"]
+    assert made_before_kill < n
+
+    resumed = run_in_flow(synthetic_judge_requests(n))  # must not wait for the dead run's slots
+    assert all(o.ok for o in resumed.outcomes)
+    total = server.stats()["calls_total"]
+    assert total <= n + 4  # every answer paid once, plus at most the calls in flight at the kill
+    assert resumed.accounting["cache_hits"] >= made_before_kill - 4
+    for request, outcome in zip(synthetic_judge_requests(n), resumed.outcomes, strict=True):
+        assert outcome.reply == expected_judge_reply(list(request.messages))
