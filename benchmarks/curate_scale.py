@@ -1,9 +1,11 @@
 """Benchmark: `curate` with the static judge on 181,620 rows (10x the real dataset).
 
-Prints wall time, rows/s and peak RSS of the real command (`python -m kernelbook_cli curate`,
-ephemeral Prefect server included), and the ratio to a bare polars + `ast` baseline doing the
-same minimal work on the same file in the same run (read, filter, find the answer, parse both
-sources, keep the best row per problem, write parquet).
+Prints wall time, rows/s and peak RSS of the real command (`python -m kernelbook_cli curate
+--no-analysis`, the ephemeral Prefect server's start and stop included), with the default task
+runner and with `--task-runner dask`, and the ratio of each to a bare polars + `ast` baseline
+doing the same minimal work on the same file in the same run (read, filter, find the answer,
+parse both sources, keep the best row per problem, write parquet). The analysis (plots of
+every row) is a separate stage and is timed on its own at the end.
 
     uv run python benchmarks/curate_scale.py [--rows 181620] [--keep]
 """
@@ -87,22 +89,23 @@ def main() -> None:
         base_out.mkdir()
         base_wall, base_rss, _ = run_measured([sys.executable, "-c", BASELINE, str(data), str(base_out)])
 
-        out = work / "out"
-        env = dict(os.environ)
-        wall, rss, output = run_measured(
-            [sys.executable, "-m", "kernelbook_cli", "curate", "--source", str(data), "--judge", "static", "--out", str(out)],
-            env=env,
-        )
-        summary = json.loads((out / "run_summary.json").read_text())
-        print(output.strip().splitlines()[-1] if output.strip() else "")
-        kept = summary["stages"][1]["rows_out"]
         print(f"baseline (polars + ast, same work): {base_wall:6.1f} s, peak RSS {base_rss:6.0f} MiB")
-        print(f"kernelbook curate (static judge):   {wall:6.1f} s, peak RSS {rss:6.0f} MiB, "
-              f"{args.rows / wall:,.0f} rows/s ({kept:,} rows judged)")
-        print(f"ratio curate / baseline: {wall / base_wall:.2f} (target <= 2.0); "
-              f"peak RSS {rss / 1024:.2f} GiB (target < 4 GiB)")
-        if "ERROR" in output or "Traceback" in output:
-            print("note: the run printed an ERROR line or a traceback")
+        for runner in ("default", "dask"):
+            out = work / f"out-{runner}"
+            wall, rss, output = run_measured(
+                [sys.executable, "-m", "kernelbook_cli", "curate", "--source", str(data), "--judge", "static",
+                 "--no-analysis", "--task-runner", runner, "--out", str(out)],
+                env=dict(os.environ),
+            )
+            summary = json.loads((out / "run_summary.json").read_text())
+            kept = summary["stages"][1]["rows_out"]
+            print(f"curate, static judge, {runner:7} runner: {wall:6.1f} s, peak RSS {rss:6.0f} MiB, "
+                  f"{args.rows / wall:,.0f} rows/s ({kept:,} rows judged); ratio to baseline {wall / base_wall:.2f} "
+                  f"(target <= 2.0); peak RSS {rss / 1024:.2f} GiB (target < 4 GiB)")
+            if "ERROR" in output or "Traceback" in output:
+                print("note: the run printed an ERROR line or a traceback")
+        wall, rss, _ = run_measured([sys.executable, "-m", "kernelbook_cli", "analyze", "--input", str(work / "out-default")])
+        print(f"analysis of the same output (statistics, 3 plots, report): {wall:6.1f} s, peak RSS {rss:6.0f} MiB")
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -47,6 +47,32 @@ class JudgeChoice(str, Enum):
     llm = "llm"
 
 
+class TaskRunnerChoice(str, Enum):
+    default = "default"
+    dask = "dask"
+
+
+TaskRunnerOption = Annotated[
+    TaskRunnerChoice,
+    typer.Option("--task-runner", help="default: threads in this process; dask: a local Dask cluster (one worker process per core) or --dask-address. Spreads the static judge over cores; the LLM stage is bound by its concurrency limit, not CPU."),
+]
+DaskAddressOption = Annotated[Optional[str], typer.Option("--dask-address", help="Scheduler address of an existing Dask cluster (with --task-runner dask).")]
+
+
+def run_with_runner(fn, runner: TaskRunnerChoice, address: str | None, **kwargs):
+    """Run a flow on the chosen task runner (see tasks/runners.py)."""
+    if runner == TaskRunnerChoice.default and address is None:
+        return run_flow(fn, **kwargs)
+    from tasks.runners import task_runner_session
+
+    try:
+        with task_runner_session(runner.value, address) as task_runner:
+            return run_flow(fn.with_options(task_runner=task_runner), **kwargs)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
 class GroupBy(str, Enum):
     problem_id = "problem_id"
     module_name = "module_name"
@@ -104,13 +130,15 @@ def curate(
     analysis: Annotated[bool, typer.Option("--analysis/--no-analysis", help="Run the analysis (statistics, plots, report) at the end.")] = True,
     refresh_judge: Annotated[bool, typer.Option("--refresh-judge", help="Ignore cached LLM judgements and call again (the new replies replace the cached ones).")] = False,
     max_judge_failure_rate: Annotated[float, typer.Option(help="Exit non-zero (after writing everything) when more than this share of rows could not be judged.", min=0.0, max=1.0)] = 0.01,
+    task_runner: TaskRunnerOption = TaskRunnerChoice.default,
+    dask_address: DaskAddressOption = None,
 ) -> None:
     """Load, filter, judge, dedupe, split and export (the filtered and unique datasets)."""
     from flows.curate import curate as curate_flow
     from kernelbook_lib.summary import RunSummary, format_llm, format_table
 
-    result = run_flow(
-        curate_flow,
+    result = run_with_runner(
+        curate_flow, task_runner, dask_address,
         source=source, split=split.value, threshold=threshold, judge=judge.value, limit=limit,
         seed=seed, val_fraction=val_fraction, group_by=group_by.value, out=str(out), analysis=analysis,
         refresh_judge=refresh_judge, max_judge_failure_rate=max_judge_failure_rate,
@@ -180,13 +208,15 @@ def generate_prompts(
     limit: Annotated[Optional[int], typer.Option(help="Generate for the first N distinct problems only (test mode).", min=1)] = None,
     out: Annotated[Path, typer.Option(help="Output folder (may be curate's: only the synthetic* outputs are written).")] = Path("outputs"),
     refresh: Annotated[bool, typer.Option("--refresh", help="Ignore cached LLM replies and call again (the new replies replace the cached ones).")] = False,
+    task_runner: TaskRunnerOption = TaskRunnerChoice.default,
+    dask_address: DaskAddressOption = None,
 ) -> None:
     """Write a task specification for every distinct PyTorch module (the synthetic prompts dataset)."""
     from flows.generate_prompts import generate_prompts as generate_flow
     from kernelbook_lib.prompt_gen import SyntheticSummary, format_summary
 
-    result = run_flow(
-        generate_flow, source=source, split=split.value, backend=backend.value, limit=limit, out=str(out), refresh=refresh,
+    result = run_with_runner(
+        generate_flow, task_runner, dask_address, source=source, split=split.value, backend=backend.value, limit=limit, out=str(out), refresh=refresh,
     )
     summary = SyntheticSummary.model_validate(result)
     typer.echo("")
