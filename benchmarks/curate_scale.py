@@ -48,7 +48,7 @@ scores = []
 for code, solution in df.select("code", "solution").iter_rows():
     if code not in codes:
         codes[code] = (parses(code), hashlib.sha256(code.encode()).hexdigest()[:16])
-    scores.append(parses(solution.strip("`")))
+    scores.append(parses(solution.strip().strip("`")))  # the fenced code, as the static judge reads it
 df = df.with_columns(pl.Series("ok", scores), pl.Series("pid", [codes[c][1] for c in df["code"]]))
 best = df.sort(["ok", "reward"], descending=True).unique(subset=["pid"], keep="first")
 df.drop("solution", "code").write_parquet(dst + "/filtered.parquet")
