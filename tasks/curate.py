@@ -26,7 +26,7 @@ from tasks.llm import run_llm_requests
 DATA_TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 #: Rows per static-judge task run: big enough that orchestration is noise, small enough to
 #: spread over Dask workers.
-STATIC_CHUNK_ROWS = 20_000
+STATIC_CHUNK_ROWS = 5_000
 
 
 def _retry_if_network(task, task_run, state) -> bool:

@@ -518,6 +518,7 @@ class _RunState:
     backlog_changed: asyncio.Event = field(default_factory=asyncio.Event)
     cooldown_until: float = 0.0  # no new call before this (monotonic): a 429's Retry-After
     auth_error: LLMAuthError | None = None
+    broken: bool = False  # a chunk task run failed: start no more
     workers: set[asyncio.Task[Any]] = field(default_factory=set)
     clients: list[Any] = field(default_factory=list)  # HTTP clients, made in a task run's body
     persist_calls: bool = True  # write each result to the store (off only in a benchmark variant)
@@ -536,10 +537,13 @@ class _RunState:
         self.chunk_backlog[chunk_no] += delta
         self.backlog_changed.set()
 
-    def chunk_finished(self, chunk_no: int) -> None:
-        """Whatever way a chunk task run ended, its requests no longer wait for a slot."""
+    def chunk_finished(self, chunk_no: int, chunk_run: asyncio.Future[Any]) -> None:
+        """Whatever way a chunk task run ended, its requests no longer wait for a slot; one
+        that failed (not an auth failure: a bug) stops the start of further chunks."""
         left = self.chunk_backlog.pop(chunk_no, 0)
         self.backlog -= left
+        if chunk_run.cancelled() or chunk_run.exception() is not None:
+            self.broken = True
         self.backlog_changed.set()
 
     def ensure_clients(self, settings: Settings) -> None:
@@ -581,19 +585,20 @@ def _run_state(run_token: str) -> _RunState:
         ) from None
 
 
-def _read_cached(store: ResultStore, request: LLMRequest, run: _RunState, logger: Any) -> LLMOutcome | None:
-    """The cached outcome for ``request``, or ``None``. Damaged entries are misses (warned)."""
+def _read_cached(store: ResultStore, request: LLMRequest, run_token: str, label: str,
+                 logger: Any) -> tuple[LLMOutcome | None, bool]:
+    """The cached outcome for ``request`` (or ``None``), and whether the entry was damaged.
+    A damaged entry (unreadable, truncated, failing its checksum) is a miss with a warning."""
     path = llm_cache_dir_path(store) / _storage_key(request.key)
     if not path.exists():
-        return None
+        return None, False
     try:
         record = store.read(_storage_key(request.key)).result
-        return llm.outcome_from_cache_record(record, request, run.token)
+        return llm.outcome_from_cache_record(record, request, run_token), False
     except Exception as exc:  # noqa: BLE001 - a damaged entry must never crash or mislead
-        run.cache_warnings += 1
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        logger.warning(f"{run.label}: ignoring damaged cache entry {path.name} ({reason}); calling again")
-        return None
+        logger.warning(f"{label}: ignoring damaged cache entry {path.name} ({reason}); calling again")
+        return None, True
 
 
 def llm_cache_dir_path(store: ResultStore) -> Path:
@@ -765,7 +770,6 @@ async def arun_llm_requests(
     """The async form of :func:`run_llm_requests` (for async flows)."""
     logger = get_run_logger()
     settings = load_settings()
-    llm.require_api_key(settings)  # a missing key is one clear error, before anything else
     wall_start = time.monotonic()
     label = progress_label
     requests = list(requests)
@@ -773,26 +777,35 @@ async def arun_llm_requests(
     for request in requests:
         unique.setdefault(request.key, request)
 
-    limit_name = settings.llm_concurrency_limit_name
-    cap = await ensure_concurrency_limit(limit_name, settings.llm_concurrency, logger)
-    await reclaim_dead_runs_slots(limit_name, logger)
-    pool = SlotPool(limit_name, cap, ledger=LeaseLedger(limit_name, LeaseLedger.directory_for(limit_name)))
-    run = _RunState(token=uuid.uuid4().hex, label=label, pool=pool, store=result_store(settings),
-                    retries=settings.llm_retries, total=len(unique))
-
     # Requests that need no call: prompts too long (never sent) and cache hits.
+    token = uuid.uuid4().hex
+    store = result_store(settings)
+    final: dict[str, LLMOutcome] = {}
+    cache_warnings = 0
     to_call: list[LLMRequest] = []
     for request in unique.values():
         too_long = llm.prompt_too_long(request, settings.llm_max_prompt_chars)
         if too_long is not None:
-            run.resolve(LLMOutcome(key=request.key, ok=False, failure_kind=too_long.kind, failure_detail=too_long.detail))
+            final[request.key] = LLMOutcome(key=request.key, ok=False, failure_kind=too_long.kind,
+                                            failure_detail=too_long.detail)
             continue
-        cached = None if refresh else _read_cached(run.store, request, run, logger)
+        cached, damaged = (None, False) if refresh else _read_cached(store, request, token, label, logger)
+        cache_warnings += damaged
         if cached is not None:
-            run.cache_hits += 1
-            run.resolve(cached)
+            final[request.key] = cached
             continue
         to_call.append(request)
+
+    if to_call:
+        llm.require_api_key(settings)  # a missing key is one clear error, before any call
+    limit_name = settings.llm_concurrency_limit_name
+    cap = await ensure_concurrency_limit(limit_name, settings.llm_concurrency, logger) if to_call else settings.llm_concurrency
+    if to_call:
+        await reclaim_dead_runs_slots(limit_name, logger)
+    pool = SlotPool(limit_name, cap, ledger=LeaseLedger(limit_name, LeaseLedger.directory_for(limit_name)))
+    run = _RunState(token=token, label=label, pool=pool, store=store, retries=settings.llm_retries,
+                    total=len(unique), final=final, cache_hits=sum(1 for o in final.values() if o.cached),
+                    cache_warnings=cache_warnings)
 
     size = chunk_size or default_chunk_size(cap)
     chunks = [to_call[i : i + size] for i in range(0, len(to_call), size)]
@@ -815,14 +828,14 @@ async def arun_llm_requests(
         for chunk_no, chunk in enumerate(chunks):
             # Start the next chunk when fewer calls than the limit are queued, so a freed slot
             # always finds a waiting call (and a chunk in retry backoff blocks nobody).
-            while run.backlog >= cap and run.auth_error is None:
+            while run.backlog >= cap and run.auth_error is None and not run.broken:
                 run.backlog_changed.clear()
                 await run.backlog_changed.wait()
-            if run.auth_error is not None:
+            if run.auth_error is not None or run.broken:
                 break
             run.note_backlog(chunk_no, len(chunk))
             chunk_run = asyncio.ensure_future(chunk_task(quote(chunk), run.token, chunk_no))
-            chunk_run.add_done_callback(lambda _, n=chunk_no: run.chunk_finished(n))
+            chunk_run.add_done_callback(lambda future, n=chunk_no: run.chunk_finished(n, future))
             running.append(chunk_run)
         results = await asyncio.gather(*running, return_exceptions=True)
     finally:

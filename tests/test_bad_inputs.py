@@ -134,3 +134,20 @@ def test_out_is_an_existing_file(tmp_path: Path, monkeypatch, out_name: str, mes
     code, printed, errors = curate(monkeypatch, source, out)
     assert_one_clear_error(code, printed, errors, str(out), message)
     assert (tmp_path / "outputs").read_text() == "not a folder\n"  # left alone
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--task-runner", "dask", "--dask-address", "http://scheduler:8786"], "is not a Dask scheduler address"),
+        (["--dask-address", "tcp://127.0.0.1:8786"], "--dask-address needs --task-runner dask"),
+    ],
+)
+def test_bad_task_runner_options(tmp_path: Path, options: list[str], message: str):
+    """Refused before any flow run starts (nothing is read or written)."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["curate", "--source", "sample", "--judge", "static", "--out", str(out), *options])
+    assert result.exit_code == 2, result.output
+    [line] = [line for line in result.output.splitlines() if line.strip()]  # one line, no traceback
+    assert line.startswith("error: ") and message in line
+    assert not out.exists()

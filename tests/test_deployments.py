@@ -253,21 +253,7 @@ def source(tmp_path: Path) -> Path:
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_reevaluate_curates_analyses_and_does_not_publish_by_default(source: Path, tmp_path: Path):
-    from flows.reevaluate import reevaluate
-
-    out = tmp_path / "out"
-    result = reevaluate(source=str(source), judge="static", out=str(out))
-    assert result["published"] is None
-    summary = json.loads((out / "run_summary.json").read_text())
-    assert summary["stages"][1]["rows_out"] == 20  # the filter kept the 20 rows above 0.85
-    assert result["summary"]["datasets"] == summary["datasets"]
-    assert Path(result["analysis_report"]) == out / "analysis" / "report.md"
-    assert (out / "analysis" / "analysis.json").is_file()
-
-
-@pytest.mark.usefixtures("prefect_harness")
-def test_reevaluate_publishes_when_asked(source: Path, tmp_path: Path, monkeypatch):
+def test_reevaluate_curates_refreshes_the_analysis_and_publishes_when_asked(source: Path, tmp_path: Path, monkeypatch):
     import huggingface_hub.constants
 
     from flows.reevaluate import reevaluate
@@ -279,12 +265,23 @@ def test_reevaluate_publishes_when_asked(source: Path, tmp_path: Path, monkeypat
     monkeypatch.setenv("HF_FILTERED_REPO", "me/kb-filtered")
     monkeypatch.setenv("HF_UNIQUE_REPO", "me/kb-unique")
     out = tmp_path / "out"
+    (out / "analysis").mkdir(parents=True)
+    (out / "analysis" / "report.md").write_text("a stale report from an older run\n")
     with HubStandIn(token) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         result = reevaluate(source=str(source), judge="static", out=str(out), publish=True)
         assert result["published"]["pushed"] is True
         assert [c["repo_id"] for c in result["published"]["commits"]] == ["me/kb-filtered", "me/kb-unique"]
         pushed = hub.repo("me/kb-unique").commits[-1].added
+    # curate ran on the source...
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["stages"][1]["rows_out"] == 20  # the filter kept the 20 rows above 0.85
+    assert result["summary"]["datasets"] == summary["datasets"]
+    # ...the analysis was refreshed...
+    assert Path(result["analysis_report"]) == out / "analysis" / "report.md"
+    assert "stale" not in (out / "analysis" / "report.md").read_text()
+    assert (out / "analysis" / "analysis.json").is_file()
+    # ...and what was pushed is what curate wrote.
     assert pushed["data/train-00000-of-00001.parquet"] == (out / "unique" / "data" / "train-00000-of-00001.parquet").read_bytes()
     assert token not in json.dumps(result)
 
