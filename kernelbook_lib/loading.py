@@ -121,6 +121,8 @@ def _read_local_splits(splits: dict[str, list[Path]], split: SplitName, source_l
 
 
 def _read_file(path: Path) -> pl.DataFrame:
+    if path.stat().st_size == 0:
+        raise SourceUnavailableError(f"{path} is empty (0 bytes)")
     try:
         if path.suffix == ".parquet":
             return pl.read_parquet(path)
@@ -258,7 +260,10 @@ def prepare(source: LoadedSource, progress: Callable[[str], None] | None = None)
     frame = source.frame
     if frame.height == 0:
         raise UserError(f"the source ({source.description}) has no rows")
-    frame = validate_columns(frame)
+    try:
+        frame = validate_columns(frame)
+    except SchemaError as exc:
+        raise SchemaError(f"{source.description}: {exc}") from None
     rows_in = frame.height
     completion_ok = isinstance(frame.schema["completion"], pl.List) and isinstance(
         frame.schema["completion"].inner, pl.Struct

@@ -84,6 +84,8 @@ RETRY_JITTER = 0.5
 LEASE_BLOCKS = 8
 #: Lease duration asked of Prefect (its minimum): a crashed run's slots come back within it.
 LEASE_DURATION_S = 60.0
+#: Attempts to lease a block while none is held before the run stops (backoff 2, 4, ... 30 s).
+LEASE_ATTEMPTS = 6
 #: A block of slots idle this long (no call waiting) is given back to Prefect.
 IDLE_RELEASE_S = 1.0
 #: Connections per HTTP client: a call uses the client serving its slot id. httpx's pool does
@@ -340,6 +342,7 @@ class SlotPool:
         self._shrink_handle: asyncio.TimerHandle | None = None
         self._error: BaseException | None = None
         self._closed = False
+        self._lease_failures = 0
         self.leases_taken = 0
 
     @property
@@ -423,6 +426,7 @@ class SlotPool:
             with ConcurrencyContext() as leases:
                 async with concurrency(self.limit_name, occupy=n, strict=True, lease_duration=LEASE_DURATION_S):
                     granted = True
+                    self._lease_failures = 0
                     current = asyncio.current_task()
                     if current is not None:
                         self._granted.add(current)
@@ -442,8 +446,22 @@ class SlotPool:
             if granted:  # the release failed: the lease lapses on its own after LEASE_DURATION_S
                 _module_logger.warning(f"could not release a lease of {n} slots on {self.limit_name!r}: {exc}")
                 return
-            self._acquiring -= n  # Prefect API trouble: fail every waiting call
-            self.abort(RuntimeError(f"could not lease slots from Prefect concurrency limit {self.limit_name!r}: {exc}"))
+            self._acquiring -= n
+            await self._lease_failed(n, exc)
+
+    async def _lease_failed(self, n: int, exc: Exception) -> None:
+        """A block could not be leased. A busy Prefect API (503s under load) is retried with
+        backoff while the calls go on with the slots already held; a limit that no longer
+        exists, or an API that stays down while no slot is held, stops the run loudly."""
+        self._lease_failures += 1
+        problem = f"could not lease slots from Prefect concurrency limit {self.limit_name!r}: {exc}"
+        if "must be created" in str(exc) or (self._lease_failures > LEASE_ATTEMPTS and not self.held):
+            self.abort(RuntimeError(problem))
+            return
+        delay = min(30.0, 2.0 ** self._lease_failures)
+        _module_logger.warning(f"{problem}; trying again in {delay:.0f} s")
+        await asyncio.sleep(delay)
+        self._grow()
 
     def abort(self, exc: BaseException) -> None:
         """Wake every waiting call with ``exc`` (the run is being stopped)."""

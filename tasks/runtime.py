@@ -114,7 +114,9 @@ def configure_prefect_env() -> None:
             logging.getLogger(TASK_RUN_LOGGER).addFilter(TaskRunCompletedFilter())
 
     prefect_missed = [key for key in newly_set if key.startswith("PREFECT_")]
-    if prefect_missed and "prefect" in sys.modules:
+    # With a real server (a deployment run, `prefect deploy`), the defaults are about the
+    # temporary server and do not matter; the worker's engine imports prefect first anyway.
+    if prefect_missed and "prefect" in sys.modules and not os.environ.get("PREFECT_API_URL"):
         warnings.warn(
             "prefect was imported before `tasks`, so Prefect did not see these defaults: "
             + ", ".join(prefect_missed)
