@@ -80,23 +80,15 @@ def write_jsonl(frame: pl.DataFrame, target: Path) -> None:
         frame.write_ndjson(tmp)
 
 
-def write_hub_dataset(frame: pl.DataFrame, folder: Path, kind: str, summary: RunSummary) -> dict[str, int]:
-    """One dataset in Hub layout: ``data/{split}-00000-of-00001.parquet`` and a card.
-
-    Both split files are always written (an empty one keeps the schema) so ``datasets``
-    always sees ``train`` and ``validation``."""
-    counts: dict[str, int] = {}
+@contextmanager
+def atomic_folder(folder: Path) -> Iterator[Path]:
+    """Yield a staging folder beside ``folder``; on success swap it into place (the old folder,
+    if any, is removed after), so a half-written dataset never looks finished."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes 0700
     try:
-        for split, relative in SPLIT_FILES.items():
-            part = to_output(frame.filter(pl.col(SPLIT_COLUMN) == split))
-            counts[split] = part.height
-            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-            part.write_parquet(staging / relative, compression="zstd", statistics=True)
-        card = render_dataset_card(kind, summary.model_dump(mode="json"), counts)
-        (staging / "README.md").write_text(card, encoding="utf-8")
-        # Swap the finished folder into place (the old one, if any, is removed after).
+        yield staging
         old = None
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
@@ -107,6 +99,22 @@ def write_hub_dataset(frame: pl.DataFrame, folder: Path, kind: str, summary: Run
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_hub_dataset(frame: pl.DataFrame, folder: Path, kind: str, summary: RunSummary) -> dict[str, int]:
+    """One dataset in Hub layout: ``data/{split}-00000-of-00001.parquet`` and a card.
+
+    Both split files are always written (an empty one keeps the schema) so ``datasets``
+    always sees ``train`` and ``validation``."""
+    counts: dict[str, int] = {}
+    with atomic_folder(folder) as staging:
+        for split, relative in SPLIT_FILES.items():
+            part = to_output(frame.filter(pl.col(SPLIT_COLUMN) == split))
+            counts[split] = part.height
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            part.write_parquet(staging / relative, compression="zstd", statistics=True)
+        card = render_dataset_card(kind, summary.model_dump(mode="json"), counts)
+        (staging / "README.md").write_text(card, encoding="utf-8")
     return counts
 
 

@@ -26,8 +26,6 @@ import ast
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -40,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from kernelbook_lib import __version__, loading, schema
 from kernelbook_lib.cards import render_dataset_card
 from kernelbook_lib.errors import SchemaError, SourceUnavailableError, UserError
-from kernelbook_lib.export import _UMASK, write_jsonl, write_text
+from kernelbook_lib.export import atomic_folder, write_jsonl, write_text
 from kernelbook_lib.ledger import StageReport, StageResult, empty_rejections, rejections
 from kernelbook_lib.llm import LLMOutcome, LLMRequest, Purpose, register_purpose
 from kernelbook_lib.prompt_template import (
@@ -51,7 +49,7 @@ from kernelbook_lib.prompt_template import (
     template_specification,
 )
 from kernelbook_lib.rubric import _strict_schema
-from kernelbook_lib.summary import format_llm, now_iso
+from kernelbook_lib.summary import format_llm, now_iso, check_chain
 from kernelbook_lib.text import problem_id
 
 DEFAULT_SOURCE = "GPUMODE/KernelBook"
@@ -718,12 +716,7 @@ class SyntheticSummary(BaseModel):
 
     @model_validator(mode="after")
     def _chain(self) -> SyntheticSummary:
-        names = [s.name for s in self.stages]
-        if names != list(STAGES):
-            raise ValueError(f"stages must be {list(STAGES)}, got {names}")
-        for before, after in zip(self.stages, self.stages[1:]):
-            if after.rows_in != before.rows_out:
-                raise ValueError(f"stage {after.name} got {after.rows_in} rows but {before.name} passed on {before.rows_out}")
+        check_chain(self.stages, STAGES)
         return self
 
 
@@ -757,23 +750,10 @@ def to_output(frame: pl.DataFrame, provenance: tuple[str, ...] | list[str]) -> p
 def write_dataset_folder(folder: Path, frame: pl.DataFrame, card: str) -> None:
     """``folder`` in Hub layout (``data/train-00000-of-00001.parquet`` and ``README.md``), built
     in a staging folder and swapped into place, so a half-written dataset never looks finished."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes 0700 (umask read once, at import, by export)
-    try:
+    with atomic_folder(folder) as staging:
         (staging / DATA_FILE).parent.mkdir(parents=True)
         frame.write_parquet(staging / DATA_FILE, compression="zstd", statistics=True)
         (staging / "README.md").write_text(card, encoding="utf-8")
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-        os.replace(staging, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_outputs(out: str | os.PathLike, summary_fields: dict, frame: pl.DataFrame, rejected: pl.DataFrame) -> SyntheticSummary:

@@ -15,6 +15,16 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def check_chain(stages: list[StageReport], expected: tuple[str, ...]) -> None:
+    """Stages are the expected ones, in order, and each one's input is the previous one's output."""
+    names = [s.name for s in stages]
+    if names != list(expected):
+        raise ValueError(f"stages must be {list(expected)}, got {names}")
+    for before, after in zip(stages, stages[1:]):
+        if after.rows_in != before.rows_out:
+            raise ValueError(f"stage {after.name} got {after.rows_in} rows but {before.name} passed on {before.rows_out}")
+
+
 class RunSummary(BaseModel):
     pipeline: str = "curate"
     version: str = __version__
@@ -37,13 +47,7 @@ class RunSummary(BaseModel):
 
     @model_validator(mode="after")
     def _chain(self) -> RunSummary:
-        """Stages are in order and each one's input is the previous one's output."""
-        names = [s.name for s in self.stages]
-        if names != list(schema.STAGES):
-            raise ValueError(f"stages must be {list(schema.STAGES)}, got {names}")
-        for before, after in zip(self.stages, self.stages[1:]):
-            if after.rows_in != before.rows_out:
-                raise ValueError(f"stage {after.name} got {after.rows_in} rows but {before.name} passed on {before.rows_out}")
+        check_chain(self.stages, schema.STAGES)
         return self
 
 

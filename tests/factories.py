@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -9,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kernelbook_lib import schema
+from kernelbook_lib.testing.llm_server import LLMTestServer
 
 MODULE = """import torch
 import torch.nn as nn
@@ -83,3 +86,19 @@ def write(rows: list[dict], path: Path) -> Path:
 
 def frame(rows: list[dict]) -> pl.DataFrame:
     return pl.from_arrow(pa.Table.from_pylist(rows, schema=schema.SOURCE_ARROW_SCHEMA))
+
+
+@contextmanager
+def loopback_llm(monkeypatch, cache_dir: Path, key: str) -> Iterator[LLMTestServer]:
+    """A loopback OpenAI-compatible server, with the settings pointing at it (fast retries,
+    a fresh cache). For flow tests of the LLM stages."""
+    with LLMTestServer(latency=0.02, api_key=key) as server:
+        for name, value in {
+            "LLM_BASE_URL": server.base_url,
+            "PRIME_API_KEY": key,
+            "LLM_RETRIES": "1",
+            "LLM_RETRY_BACKOFF_S": "0",
+            "KERNELBOOK_CACHE_DIR": str(cache_dir),
+        }.items():
+            monkeypatch.setenv(name, value)
+        yield server

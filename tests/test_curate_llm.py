@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kernelbook_cli import app
-from kernelbook_lib.testing.llm_server import LLMTestServer, fault_marker
+from kernelbook_lib.testing.llm_server import fault_marker
 from tests import factories
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -19,12 +19,7 @@ KEY = "sk-curate-test-SECRET-4f1c9e0a7b2d"
 
 @pytest.fixture
 def server(monkeypatch, tmp_path):
-    with LLMTestServer(latency=0.02, api_key=KEY) as srv:
-        monkeypatch.setenv("LLM_BASE_URL", srv.base_url)
-        monkeypatch.setenv("PRIME_API_KEY", KEY)
-        monkeypatch.setenv("LLM_RETRIES", "1")
-        monkeypatch.setenv("LLM_RETRY_BACKOFF_S", "0")
-        monkeypatch.setenv("KERNELBOOK_CACHE_DIR", str(tmp_path / "cache"))
+    with factories.loopback_llm(monkeypatch, tmp_path / "cache", KEY) as srv:
         yield srv
 
 

@@ -17,7 +17,7 @@ from flows.generate_prompts import generate_prompts
 from kernelbook_cli import app
 from kernelbook_lib import prompt_gen
 from kernelbook_lib.errors import RunFailedError, SchemaError, UserError
-from kernelbook_lib.testing.llm_server import LLMTestServer, fault_marker, prompt_hash
+from kernelbook_lib.testing.llm_server import fault_marker, prompt_hash
 from tests import factories
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -26,12 +26,7 @@ KEY = "sk-prompts-test-SECRET-9b3e1f0c2a7d"
 
 @pytest.fixture
 def server(monkeypatch, tmp_path):
-    with LLMTestServer(latency=0.02, api_key=KEY) as srv:
-        monkeypatch.setenv("LLM_BASE_URL", srv.base_url)
-        monkeypatch.setenv("PRIME_API_KEY", KEY)
-        monkeypatch.setenv("LLM_RETRIES", "1")
-        monkeypatch.setenv("LLM_RETRY_BACKOFF_S", "0")
-        monkeypatch.setenv("KERNELBOOK_CACHE_DIR", str(tmp_path / "cache"))
+    with factories.loopback_llm(monkeypatch, tmp_path / "cache", KEY) as srv:
         yield srv
 
 
