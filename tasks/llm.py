@@ -6,28 +6,32 @@ Call :func:`run_llm_requests` (or ``await`` :func:`arun_llm_requests`) from insi
     result.outcomes    # one LLMOutcome per request, in request order
     result.accounting  # succeeded, cache hits, failures by kind, calls, tokens, cost, wall time
 
-How it maps onto Prefect (the measurements behind these choices are in
-``/work/notes/llm_design.md`` and ``benchmarks/llm_granularity.py``):
+How it maps onto Prefect (measurements in ``/work/notes/llm_design.md``, produced by
+``benchmarks/llm_granularity.py`` and ``benchmarks/judge_throughput.py``):
 
-- **Task runs = chunks.** Each ``llm-requests`` task run handles a chunk of requests with an
-  asyncio loop inside (one AsyncOpenAI client per task run). One task run per call costs
-  more orchestration CPU than the calls themselves at this scale; chunks keep the per-call
-  overhead to a coroutine and a file write. All chunk runs of one call share ONE event loop.
+- **Task runs are chunks.** Each ``llm-requests`` task run resolves a chunk of requests
+  (``default_chunk_size``) with one coroutine per request. One task run per call costs more
+  orchestration CPU (client and Prefect server) than the calls themselves at this scale. All
+  chunk runs of one call share ONE event loop, one slot pool and a few AsyncOpenAI clients;
+  the next chunk starts while the previous one still has calls queued, so slots never idle.
 - **Retries are Prefect's.** A chunk attempt makes every call it still needs; calls that
   failed transiently (429, 5xx, timeouts, connection errors, invalid replies) make the attempt
-  raise :class:`TransientLLMFailures`, and Prefect retries the task run with exponential
-  backoff and jitter. ``retry_condition_fn`` retries only that exception and sleeps out a
-  longer Retry-After first. A retry re-runs only the calls that have no result yet; on the last
-  attempt the remaining failures are returned as outcomes (never raised, never dropped).
-  400/404 are recorded at once; 401/403 stop the whole run with :class:`LLMAuthError`.
-- **Concurrency is Prefect's global concurrency limit** ``LLM_CONCURRENCY_LIMIT_NAME``
-  (created automatically; a value set on a Prefect server wins). Slots are leased from it in a
-  few blocks (``prefect.concurrency.asyncio.concurrency(occupy=n)``) and lent to calls by a
-  local pool, so no call ever polls the server for a slot; idle blocks go back after a second.
-- **Caching is Prefect's result store**: a ``ResultStore`` on the cache directory, one JSON
-  record per request key (model + prompt version + full prompt), written atomically the moment
-  a call succeeds, so a run killed with ``kill -9`` resumes where it stopped. A record that is
-  unreadable, truncated or fails its checksum is a cache miss with a warning.
+  raise :class:`TransientLLMFailures`, and Prefect retries the task run (``retries`` =
+  LLM_RETRIES, exponential backoff from LLM_RETRY_BACKOFF_S, jitter). ``retry_condition_fn``
+  retries only that exception and first sleeps out a Retry-After longer than Prefect's delay. A
+  retry re-runs only the calls without a result; on the last attempt the remaining failures are
+  returned as outcomes (never raised, never dropped). 400/404 are recorded at once; 401/403
+  stop the whole run with :class:`LLMAuthError` (a ``UserError``).
+- **Concurrency is Prefect's global concurrency limit** LLM_CONCURRENCY_LIMIT_NAME, created
+  automatically (a value an operator set on a Prefect server wins). A :class:`SlotPool` leases
+  its slots in a few blocks (``prefect.concurrency.asyncio.concurrency(occupy=n)``) and lends
+  them to calls one at a time, so no call polls the Prefect API for a slot. A
+  :class:`LeaseLedger` lets the next run give back the slots of a run killed while holding them.
+- **Caching is Prefect's result store**: a ``ResultStore`` (JSON serializer) on
+  ``<KERNELBOOK_CACHE_DIR>/llm``, one record per request key (model + prompt version + full
+  prompt), written atomically the moment its call succeeds, so a run killed with ``kill -9``
+  resumes where it stopped. A record that is unreadable, truncated or fails its checksum is a
+  cache miss with a warning. Failures are never cached.
 """
 
 from __future__ import annotations
@@ -35,16 +39,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import hashlib
 import json
 import math
 import os
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +71,7 @@ from prefect.results import ResultStore
 from prefect.serializers import JSONSerializer
 from prefect.settings import get_current_settings
 from prefect.tasks import exponential_backoff
-from prefect.utilities.annotations import quote
+from prefect.utilities.annotations import opaque
 from prefect.utilities.math import lower_clamp_multiple
 
 import openai  # noqa: F401  (imported here, at flow import, not in the first task run: ~0.5 s)
@@ -840,6 +844,10 @@ async def arun_llm_requests(
         task_run_name=f"{label}-{{chunk_no}}",
     )
     _RUNS[run.token] = run
+    # Everything alive now (Prefect, the SDK, the requests) lives until the end: freeze it so
+    # the collector's full passes skip it. Unfrozen, a full pass over this heap stalls the
+    # event loop ~0.4 s every few seconds at 256 calls/s (measured; see the design note).
+    gc.freeze()
     progress = asyncio.ensure_future(_report_progress(run, logger))
     running: list[asyncio.Task[list[LLMOutcome]]] = []
     try:
@@ -852,7 +860,7 @@ async def arun_llm_requests(
             if run.auth_error is not None or run.broken:
                 break
             run.note_backlog(chunk_no, len(chunk))
-            chunk_run = asyncio.ensure_future(chunk_task(quote(chunk), run.token, chunk_no))
+            chunk_run = asyncio.ensure_future(chunk_task(opaque(chunk), run.token, chunk_no))
             chunk_run.add_done_callback(lambda future, n=chunk_no: run.chunk_finished(n, future))
             running.append(chunk_run)
         results = await asyncio.gather(*running, return_exceptions=True)
@@ -861,6 +869,7 @@ async def arun_llm_requests(
         await pool.close()
         await run.close_clients()
         _RUNS.pop(run.token, None)
+        gc.unfreeze()
     if run.auth_error is not None:
         logger.error(f"{label}: {run.auth_error}")
         raise run.auth_error
