@@ -39,5 +39,14 @@ def prefect_harness():
     """One temporary Prefect server + database for every test that runs flows."""
     from prefect.testing.utilities import prefect_test_harness
 
+    from prefect import flow
+
+    @flow(name="harness-warm-up")
+    def warm_up() -> int:
+        return 1
+
     with prefect_test_harness(server_startup_timeout=180):
+        # The first flow run of a process completes Prefect's logging setup, which replaces
+        # the root logger's handlers (caplog's among them): get it done before any test.
+        warm_up()
         yield

@@ -198,7 +198,7 @@ def test_card_tells_how_the_data_was_made(out: Path):
 
 
 def test_llm_judge_card_names_model_and_prompt_version_and_shows_no_secret(out: Path, monkeypatch):
-    secrets = {"HF_TOKEN": "hf_SECRETtokenVALUE1234567890abcdef", "PRIME_API_KEY": "sk-SECRETkeyVALUE1234567890"}
+    secrets = {"HF_TOKEN": "hf_SECRET-token-VALUE-1234567890abcdef", "PRIME_API_KEY": "sk-SECRET-key-VALUE-1234567890"}
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
     summary = json.loads((out / "run_summary.json").read_text())

@@ -259,7 +259,7 @@ def test_reevaluate_curates_refreshes_the_analysis_and_publishes_when_asked(sour
     from flows.reevaluate import reevaluate
     from kernelbook_lib.testing.hub_server import HubStandIn
 
-    token = "hf_TESTtoken0123456789abcdefghijklmnopqrstu"
+    token = "hf_TEST-token-0123456789abcdefghijklmnopqrstu"
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the stand-in is on loopback
     monkeypatch.setenv("HF_TOKEN", token)
     monkeypatch.setenv("HF_FILTERED_REPO", "me/kb-filtered")

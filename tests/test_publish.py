@@ -17,7 +17,7 @@ from kernelbook_lib.errors import UserError
 from kernelbook_lib.testing.hub_server import GITATTRIBUTES, HubStandIn
 from tests.test_cards import ANALYSIS, SPLIT_FILE, judged_frame, write_out, write_synthetic
 
-TOKEN = "hf_TESTtoken0123456789abcdefghijklmnopqrstu"
+TOKEN = "hf_TEST-token-0123456789abcdefghijklmnopqrstu"
 DATA_FILES = [SPLIT_FILE.format(split="train"), SPLIT_FILE.format(split="validation")]
 
 
@@ -276,7 +276,7 @@ def test_flow_push_reads_the_token_inside_the_task(out: Path, stand_in: HubStand
 
 @pytest.mark.parametrize("forbid", [False, True])
 def test_auth_failure_is_one_clear_error(out: Path, online, forbid: bool):
-    wrong = "hf_WRONGtoken0123456789abcdefghijklmnopq"
+    wrong = "hf_WRONG-token-0123456789abcdefghijklmnopq"
     with HubStandIn(TOKEN if forbid else "hf_someoneelse", forbid_writes=forbid) as server:
         plan = hub.plan_publish(out, {"filtered": "me/kb-filtered"})
         with pytest.raises(hub.PublishError) as info:
