@@ -88,10 +88,9 @@ class _HideUserErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], UserError):
             return False
-        message = record.getMessage() if record.levelno >= logging.INFO else ""
-        return not ("state Failed" in message or "exception" in message) or not any(
-            name in message for name in self._names
-        )
+        message = record.getMessage()
+        about_a_failure = "state Failed" in message or "exception" in message
+        return not (about_a_failure and any(name in message for name in self._names))
 
 
 def _quiet_user_errors() -> None:
