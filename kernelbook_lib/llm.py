@@ -367,9 +367,12 @@ async def call(client: AsyncOpenAI, request: LLMRequest, *, secrets: Iterable[st
         )
     except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
         return CallResult(None, failure=classify(exc, secrets=secrets))
-    usage = completion.usage
-    prompt_tokens = int(usage.prompt_tokens or 0) if usage else 0
-    completion_tokens = int(usage.completion_tokens or 0) if usage else 0
+    if not hasattr(completion, "choices"):  # a 200 that is not JSON (a proxy's HTML page...)
+        body = redact(str(completion), secrets)
+        return CallResult(None, failure=classify(InvalidReply(f"response is not a chat completion: {body[:80]!r}")))
+    usage = getattr(completion, "usage", None)
+    prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+    completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
     try:
         if not completion.choices:
             raise InvalidReply("reply has no choices")

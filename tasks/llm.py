@@ -65,7 +65,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalC
 from prefect.concurrency.asyncio import concurrency
 from prefect.concurrency.context import ConcurrencyContext
 from prefect.context import TaskRunContext
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import MissingContextError, ObjectNotFound
 from prefect.filesystems import LocalFileSystem
 from prefect.results import ResultStore
 from prefect.serializers import JSONSerializer
@@ -88,7 +88,8 @@ RETRY_JITTER = 0.5
 LEASE_BLOCKS = 8
 #: Lease duration asked of Prefect (its minimum): a crashed run's slots come back within it.
 LEASE_DURATION_S = 60.0
-#: Attempts to lease a block while none is held before the run stops (backoff 2, 4, ... 30 s).
+#: Attempts to lease a block while none is held before the run stops (Prefect's client has
+#: already retried each one; then we wait 0.5, 1, 2, ... 16 s: ~30 s in all).
 LEASE_ATTEMPTS = 6
 #: A block of slots idle this long (no call waiting) is given back to Prefect.
 IDLE_RELEASE_S = 1.0
@@ -462,7 +463,7 @@ class SlotPool:
         if "must be created" in str(exc) or (self._lease_failures > LEASE_ATTEMPTS and not self.held):
             self.abort(RuntimeError(problem))
             return
-        delay = min(30.0, 2.0 ** self._lease_failures)
+        delay = min(30.0, 0.25 * 2.0 ** self._lease_failures)
         _module_logger.warning(f"{problem}; trying again in {delay:.0f} s")
         await asyncio.sleep(delay)
         self._grow()
@@ -770,19 +771,31 @@ def run_llm_requests(
     requests: Sequence[LLMRequest], *, refresh: bool = False, progress_label: str = "llm",
     chunk_size: int | None = None,
 ) -> LLMRunResult:
-    """Resolve every request through Prefect (see the module doc). Call from inside a flow.
+    """Resolve every request through Prefect (see the module doc). Call it inside a flow.
 
-    Runs the asyncio machinery on a fresh event loop (in this thread when none is running here,
-    else in a helper thread); the flow's run context is carried over."""
-    coro_fn = lambda: arun_llm_requests(requests, refresh=refresh, progress_label=progress_label,  # noqa: E731
-                                        chunk_size=chunk_size)
+    Args:
+        requests: built with ``LLMRequest.build``; identical prompts are called once.
+        refresh: ignore the cache (every request is called again; the new answers overwrite).
+        progress_label: names the stage in the progress lines and task-run names ("judge").
+        chunk_size: requests per task run; default :func:`default_chunk_size`.
+
+    Returns one outcome per request, in request order, and the run's accounting. Raises only
+    for the whole run: ``LLMAuthError`` (401/403), ``UserError`` (no key while calls are
+    needed), ``RuntimeError`` (Prefect's concurrency API unusable).
+
+    The asyncio machinery runs on a fresh event loop: in this thread when no loop runs here
+    (a sync flow), else in a helper thread; the flow's run context is carried over."""
+    def run() -> LLMRunResult:
+        return asyncio.run(arun_llm_requests(requests, refresh=refresh, progress_label=progress_label,
+                                             chunk_size=chunk_size))
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro_fn())
+        return run()
     context = contextvars.copy_context()
-    with ThreadPoolExecutor(1, thread_name_prefix="llm-requests") as pool:
-        return pool.submit(context.run, lambda: asyncio.run(coro_fn())).result()
+    with ThreadPoolExecutor(1, thread_name_prefix="llm-requests") as executor:
+        return executor.submit(context.run, run).result()
 
 
 async def arun_llm_requests(
@@ -790,7 +803,10 @@ async def arun_llm_requests(
     chunk_size: int | None = None,
 ) -> LLMRunResult:
     """The async form of :func:`run_llm_requests` (for async flows)."""
-    logger = get_run_logger()
+    try:
+        logger = get_run_logger()
+    except MissingContextError:  # called outside a flow: log to the plain logger
+        logger = _module_logger
     settings = load_settings()
     wall_start = time.monotonic()
     label = progress_label

@@ -139,6 +139,7 @@ def test_valid_reply_is_parsed_with_usage(llm_server, llm_env):
         (fault_marker("503"), llm.SERVER_ERROR, True),
         (fault_marker("malformed"), llm.INVALID_REPLY, True),
         (fault_marker("empty"), llm.INVALID_REPLY, True),
+        (fault_marker("html"), llm.INVALID_REPLY, True),
         (fault_marker("400"), llm.BAD_REQUEST, False),
         (fault_marker("404"), llm.NOT_FOUND, False),
     ],

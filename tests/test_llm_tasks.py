@@ -50,12 +50,14 @@ def calls_for(server, request: LLMRequest) -> int:
     return server.stats()["calls_by_hash"].get(prompt_hash(list(request.messages)), 0)
 
 
-def test_results_concurrency_cache_and_refresh(llm_server, llm_env):
+def test_results_concurrency_cache_and_refresh(llm_server, llm_env, caplog):
     llm_env(llm_server, llm_concurrency=4, llm_price_input_per_mtok=1.0, llm_price_output_per_mtok=2.0)
     distinct = synthetic_judge_requests(30)
     requests = distinct + [distinct[3], distinct[7]]  # the same prompt twice is one call
 
+    caplog.set_level(logging.INFO)
     first = run_in_flow(requests, progress_label="judge", chunk_size=4)  # 8 task runs
+    assert "judge: 30/30 done (100.0%)" in caplog.text and "judge: accounting" in caplog.text
     stats = llm_server.stats()
     assert len(first.outcomes) == len(requests)
     for request, outcome in zip(requests, first.outcomes, strict=True):  # in request order
@@ -267,3 +269,33 @@ def test_a_killed_run_resumes_without_paying_twice(make_llm_server, llm_env, tmp
     assert resumed.accounting["cache_hits"] >= made_before_kill - 4
     for request, outcome in zip(synthetic_judge_requests(n), resumed.outcomes, strict=True):
         assert outcome.reply == expected_judge_reply(list(request.messages))
+
+
+def test_a_missing_prefect_limit_fails_loudly_instead_of_hanging(llm_server, llm_env, monkeypatch):
+    import tasks.llm as llm_tasks
+
+    llm_env(llm_server)
+
+    async def limit_not_created(name, wanted, logger):  # as if someone deleted the limit
+        return wanted
+
+    monkeypatch.setattr(llm_tasks, "ensure_concurrency_limit", limit_not_created)
+    with pytest.raises(RuntimeError, match="could not lease slots from Prefect concurrency limit"):
+        run_in_flow(synthetic_judge_requests(3))
+    assert llm_server.stats()["calls_total"] == 0
+
+
+def test_async_flows_use_arun_llm_requests(llm_server, llm_env):
+    import asyncio
+
+    from tasks.llm import arun_llm_requests
+
+    llm_env(llm_server)
+    requests = synthetic_judge_requests(5)
+
+    @flow(name="llm-test-async")
+    async def llm_async_flow() -> LLMRunResult:
+        return await arun_llm_requests(requests, progress_label="judge")
+
+    result = asyncio.run(llm_async_flow())
+    assert [o.reply for o in result.outcomes] == [expected_judge_reply(list(r.messages)) for r in requests]

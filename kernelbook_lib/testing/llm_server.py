@@ -17,7 +17,8 @@ slow requests in flight cost one coroutine each (no thread per request, no frame
   (``Retry-After`` of S seconds), or server-wide :class:`FaultRule` s. Kinds: ``429``, ``500``,
   ``503``, ``400``, ``404``, ``malformed`` (content that is not JSON), ``tags`` (content in
   ``<difficulty>`` tags; ``<specification>`` tags for a specification request), ``empty`` (empty
-  content), ``hang`` (never answers in time); for specification requests only (others answer
+  content), ``html`` (a 200 whose body is an HTML page, as a misconfigured proxy sends),
+  ``hang`` (never answers in time); for specification requests only (others answer
   normally): ``unnamed`` (a specification that does not name the new class) and ``echo`` (a
   specification followed by the whole user message, so it copies the reference code).
 - Counters: calls in total, per prompt hash (with arrival times), per status, in flight and
@@ -50,7 +51,7 @@ from typing import Any
 DEFAULT_API_KEY = "sk-loopback-test-key-0123456789"
 JUDGE_SCHEMA_NAME = "judge_reply"  # kernelbook_lib.rubric.JUDGE_SCHEMA_NAME (no import: standalone)
 SPECIFICATION_SCHEMA_NAME = "specification"  # kernelbook_lib.prompt_gen.SPECIFICATION_SCHEMA_NAME
-FAULT_KINDS = ("429", "500", "503", "400", "404", "malformed", "tags", "empty", "hang", "unnamed", "echo")
+FAULT_KINDS = ("429", "500", "503", "400", "404", "malformed", "tags", "empty", "html", "hang", "unnamed", "echo")
 _MODULE_NAME_RE = re.compile(r"Module name: ([A-Za-z_][A-Za-z0-9_]*)")
 _MARKER_RE = re.compile(r"\[\[fault:([a-z0-9]+)(?:\*(\d+))?(?:@([0-9.]+))?\]\]")
 
@@ -193,7 +194,8 @@ class _App:
                 status, extra_headers, payload = response
                 reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
                           429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Status")
-                out = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json",
+                content_type = extra_headers.pop("X-Content-Type", "application/json")
+                out = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {content_type}",
                        f"Content-Length: {len(payload)}"]
                 out += [f"{k}: {v}" for k, v in extra_headers.items()]
                 writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + payload)
@@ -302,6 +304,8 @@ class _App:
             return self._error(int(fault.kind), "slow down" if fault.kind == "429" else "overloaded", "rate_limit", extra)
         if fault is not None and fault.kind in ("500", "400", "404"):
             return self._error(int(fault.kind), f"injected {fault.kind}", "injected")
+        if fault is not None and fault.kind == "html":
+            return 200, {"X-Content-Type": "text/html"}, b"<html><body>Gateway says hello</body></html>"
 
         schema = ((payload.get("response_format") or {}).get("json_schema") or {}).get("name")
         verdict = expected_judge_reply(messages)
