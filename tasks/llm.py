@@ -6,7 +6,7 @@ Call :func:`run_llm_requests` (or ``await`` :func:`arun_llm_requests`) from insi
     result.outcomes    # one LLMOutcome per request, in request order
     result.accounting  # succeeded, cache hits, failures by kind, calls, tokens, cost, wall time
 
-How it maps onto Prefect (measurements in ``/work/notes/llm_design.md``, produced by
+How it maps onto Prefect (measurements in the README, "The LLM judge", produced by
 ``benchmarks/llm_granularity.py`` and ``benchmarks/judge_throughput.py``):
 
 - **Task runs are chunks.** Each ``llm-requests`` task run resolves a chunk of requests
