@@ -7,6 +7,7 @@ harness starts its own server), no real keys from a developer's ``.env``.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import tempfile
 
@@ -22,15 +23,25 @@ for _name in list(os.environ):
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing reaches the Hub at test time
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-# Prefect's console log handler binds ``sys.stderr`` whenever logging is configured; under
-# pytest and CliRunner that is a capture stream closed after each test or invoke. Give it a
-# duplicate of file descriptor 2 that nobody closes (tests read logs through caplog).
+# Prefect's console log handler binds ``sys.stderr`` when logging is configured; under pytest
+# and CliRunner that is a capture stream closed after each test or invoke. It gets a duplicate
+# of file descriptor 2 that nobody closes (tests read logs through caplog).
 _CONSOLE = os.fdopen(os.dup(2), "w", buffering=1)
 atexit.register(_CONSOLE.close)
-os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_STREAM"] = "ext://tests.conftest._CONSOLE"
+
+
+def _console_to_own_stream() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.setStream(_CONSOLE)
+            handler.console.file = _CONSOLE  # it prints through a rich Console
 
 import tasks  # noqa: E402,F401  (Prefect environment defaults)
 import prefect  # noqa: E402,F401  (Prefect configures its logging at import)
+
+_console_to_own_stream()
 import pytest  # noqa: E402
 
 
@@ -49,4 +60,5 @@ def prefect_harness():
         # The first flow run of a process completes Prefect's logging setup, which replaces
         # the root logger's handlers (caplog's among them): get it done before any test.
         warm_up()
+        _console_to_own_stream()  # that setup made a new console handler
         yield

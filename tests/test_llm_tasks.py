@@ -243,9 +243,6 @@ def test_a_killed_run_resumes_without_paying_twice(make_llm_server, llm_env, tmp
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     child_env = {**os.environ, **env, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
-    # conftest points Prefect's console handler at an object in tests.conftest; a child resolving
-    # it would import conftest, which clears the LLM settings from the environment.
-    child_env.pop("PREFECT_LOGGING_HANDLERS_CONSOLE_STREAM", None)
     log = tmp_path / "child.log"
     with log.open("wb") as sink:
         child = subprocess.Popen([sys.executable, str(script), str(n)], env=child_env, cwd=ROOT,
