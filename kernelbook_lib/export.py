@@ -32,14 +32,14 @@ DATASETS = ("filtered", "unique")
 SPLIT_FILES = {"train": "data/train-00000-of-00001.parquet", "validation": "data/validation-00000-of-00001.parquet"}
 
 
-def prepare_out_dir(out: str | os.PathLike) -> Path:
-    """Create ``out`` if needed and mark it unfinished (remove an older run summary)."""
+def prepare_out_dir(out: str | os.PathLike, summary_file: str = SUMMARY_FILE) -> Path:
+    """Create ``out`` if needed and mark it unfinished (remove an older ``summary_file``)."""
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        (path / SUMMARY_FILE).unlink(missing_ok=True)
+        (path / summary_file).unlink(missing_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write to --out {path}: {exc.strerror or exc}") from None
     return path

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from kernelbook_lib import __version__, loading, schema
 from kernelbook_lib.cards import render_dataset_card
 from kernelbook_lib.errors import SchemaError, SourceUnavailableError, UserError
-from kernelbook_lib.export import atomic_folder, write_jsonl, write_text
+from kernelbook_lib.export import atomic_folder, prepare_out_dir, write_jsonl, write_text
 from kernelbook_lib.ledger import StageReport, StageResult, empty_rejections, rejections
 from kernelbook_lib.llm import LLMOutcome, LLMRequest, Purpose, register_purpose
 from kernelbook_lib.prompt_template import (
@@ -723,15 +723,7 @@ class SyntheticSummary(BaseModel):
 def prepare_out(out: str | os.PathLike) -> Path:
     """Create ``out`` if needed and mark the prompt-generation outputs unfinished (remove an
     older ``synthetic_summary.json``). curate's files in the same folder are not touched."""
-    path = Path(out).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--out {path} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / SUMMARY_FILE).unlink(missing_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write to --out {path}: {exc.strerror or exc}") from None
-    return path
+    return prepare_out_dir(out, SUMMARY_FILE)
 
 
 def to_output(frame: pl.DataFrame, provenance: tuple[str, ...] | list[str]) -> pl.DataFrame:
