@@ -11,7 +11,7 @@ import polars as pl
 
 from kernelbook_lib import schema
 from kernelbook_lib.ledger import StageResult, rejections
-from kernelbook_lib.llm import LLMOutcome, LLMRequest
+from kernelbook_lib.llm import ledger_reason, LLMOutcome, LLMRequest
 from kernelbook_lib.rubric import JUDGE_PROMPT_VERSION, JudgeReply, build_judge_messages
 from kernelbook_lib.stages import add_score
 from kernelbook_lib.static_judge import STATIC_JUDGE_NAME, analyze_module, difficulty_of, style_of, verdict_rationale
@@ -91,11 +91,7 @@ def llm_judge_requests(frame: pl.DataFrame, model: str) -> list[LLMRequest]:
 
 def failure_reason(kind: str | None) -> str:
     """The ledger reason for a row the LLM judge could not judge."""
-    if kind == "prompt_too_long":
-        return "judge_prompt_too_long"
-    if kind == "invalid_reply":
-        return "judge_invalid_reply"
-    return f"judge_failed:{kind or 'unknown'}"
+    return ledger_reason("judge", kind)
 
 
 def llm_verdicts(frame: pl.DataFrame, outcomes: list[LLMOutcome], model: str) -> pl.DataFrame:

@@ -176,6 +176,16 @@ class Failure:
     status: int | None = None
 
 
+def ledger_reason(stage: str, kind: str | None) -> str:
+    """The ledger reason for a request that still failed: ``{stage}_prompt_too_long``,
+    ``{stage}_invalid_reply`` or ``{stage}_failed:<kind>``."""
+    if kind == PROMPT_TOO_LONG:
+        return f"{stage}_prompt_too_long"
+    if kind == INVALID_REPLY:
+        return f"{stage}_invalid_reply"
+    return f"{stage}_failed:{kind or 'unknown'}"
+
+
 def redact(text: str, secrets: Iterable[str | None]) -> str:
     """``text`` with every occurrence of every (non-trivial) secret replaced by ``***``."""
     for secret in secrets:

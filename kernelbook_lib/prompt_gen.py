@@ -40,7 +40,7 @@ from kernelbook_lib.cards import render_dataset_card
 from kernelbook_lib.errors import SchemaError, SourceUnavailableError, UserError
 from kernelbook_lib.export import atomic_folder, prepare_out_dir, write_jsonl, write_text
 from kernelbook_lib.ledger import StageReport, StageResult, empty_rejections, rejections
-from kernelbook_lib.llm import LLMOutcome, LLMRequest, Purpose, register_purpose
+from kernelbook_lib.llm import ledger_reason, LLMOutcome, LLMRequest, Purpose, register_purpose
 from kernelbook_lib.prompt_template import (
     TEMPLATE_GENERATOR,
     ModuleNotUsable,
@@ -588,11 +588,7 @@ def specification_requests(frame: pl.DataFrame, model: str) -> list[LLMRequest]:
 
 def failure_reason(kind: str | None) -> str:
     """The ledger reason of a problem whose specification could not be generated."""
-    if kind == "prompt_too_long":
-        return "generate_prompt_too_long"
-    if kind == "invalid_reply":
-        return "generate_invalid_reply"
-    return f"generate_failed:{kind or 'unknown'}"
+    return ledger_reason("generate", kind)
 
 
 def _spec_frame(rows: dict[str, list]) -> pl.DataFrame:
