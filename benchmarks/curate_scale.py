@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated data and outputs")
     args = parser.parse_args()
 
-    from kernelbook_lib.synthetic import write_evals_large
+    from tests.fixtures.fake_data import write_evals_large
 
     work = Path(tempfile.mkdtemp(prefix="kernelbook-bench-"))
     try:

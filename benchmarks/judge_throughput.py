@@ -43,11 +43,11 @@ def main() -> None:
 
     from prefect import flow
 
-    from kernelbook_lib.testing import synthetic_judge_requests
-    from kernelbook_lib.testing.llm_server import LLMTestServer
+    from tests.fixtures.fake_data import judge_requests
+    from tests.fixtures.llm_server import LLMTestServer
     from tasks.llm import run_llm_requests
 
-    requests = synthetic_judge_requests(args.calls, seed=7)
+    requests = judge_requests(args.calls, seed=7)
     chars = sum(r.prompt_chars for r in requests) / len(requests)
     print(f"{len(requests)} judge requests, mean prompt {chars:,.0f} characters; latency {args.latency}s", flush=True)
 

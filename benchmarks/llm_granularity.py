@@ -267,9 +267,9 @@ def worker(args: argparse.Namespace) -> None:
 
     import tasks  # noqa: F401
 
-    from kernelbook_lib.testing import synthetic_judge_requests
+    from tests.fixtures.fake_data import judge_requests
 
-    requests = synthetic_judge_requests(args.calls, seed=1)
+    requests = judge_requests(args.calls, seed=1)
     result: dict = {"mode": args.worker, "calls": args.calls, "concurrency": args.concurrency, "latency": args.latency}
 
     if args.worker in ("bare", "bare-pooled"):
@@ -338,7 +338,7 @@ def main() -> None:
         worker(args)
         return
 
-    from kernelbook_lib.testing.llm_server import LLMTestServer
+    from tests.fixtures.llm_server import LLMTestServer
 
     modes = [m for m in args.modes.split(",") if m]
     backends = [b for b in args.backends.split(",") if b]

@@ -1,7 +1,7 @@
 """Benchmark: the generate-prompts flow, template backend at KernelBook scale and LLM backend.
 
 1. **Template backend over 18,162 modules** (the size of ``GPUMODE/KernelBook``'s train split;
-   synthetic KernelBook-schema rows from ``kernelbook_lib.synthetic``): wall time and rows/s of
+   synthetic KernelBook-schema rows from ``tests.fixtures.fake_data``): wall time and rows/s of
    the whole flow in a fresh process (ephemeral Prefect server, reading, load checks, dedupe,
    template, writing every output), and of the library stages alone (no Prefect).
 2. **LLM backend efficiency**, measured as in ``benchmarks/llm_granularity.py``: N distinct
@@ -115,10 +115,10 @@ def worker_llm(mode: str, src: str, out: str, calls: int) -> None:
         wall = time.perf_counter() - start
         accounting = summary["llm"]
     else:
-        from kernelbook_lib.testing import synthetic_judge_requests
+        from tests.fixtures.fake_data import judge_requests
         from tasks.llm import run_llm_requests
 
-        requests = synthetic_judge_requests(calls, seed=1)
+        requests = judge_requests(calls, seed=1)
 
         @flow(name="bench-judge")
         def bench() -> dict:
@@ -135,7 +135,7 @@ def worker_llm(mode: str, src: str, out: str, calls: int) -> None:
 
 
 def bench_template(rows: int) -> None:
-    from kernelbook_lib.synthetic import write_kernelbook
+    from tests.fixtures.fake_data import write_kernelbook
 
     work = Path(tempfile.mkdtemp(prefix="prompt-gen-bench-"))
     src = work / "kernelbook.parquet"
@@ -151,8 +151,8 @@ def bench_template(rows: int) -> None:
 
 
 def bench_llm(calls: int, concurrency: int, latency: float, judge: bool) -> None:
-    from kernelbook_lib.synthetic import write_kernelbook
-    from kernelbook_lib.testing.llm_server import LLMTestServer
+    from tests.fixtures.fake_data import write_kernelbook
+    from tests.fixtures.llm_server import LLMTestServer
 
     work = Path(tempfile.mkdtemp(prefix="prompt-gen-llm-bench-"))
     src = work / "kernelbook.parquet"

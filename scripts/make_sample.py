@@ -3,7 +3,7 @@
     uv run python scripts/make_sample.py [--out-dir kernelbook_lib/data]
 
 Running it twice gives byte-identical files: the rows come from fixed seeds and the parquet
-writer options are pinned in ``kernelbook_lib.synthetic``. The data is synthetic; see
+writer options are pinned in ``tests.fixtures.fake_data``. The data is synthetic; see
 ``kernelbook_lib/data/README.md``.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kernelbook_lib import synthetic
+from tests.fixtures import fake_data
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "kernelbook_lib" / "data"
 
@@ -30,8 +30,8 @@ KERNELBOOK_SEED = 20250102
 
 def make_samples(out_dir: Path) -> list[Path]:
     """Write both samples into ``out_dir`` and return their paths."""
-    evals = synthetic.write_evals(out_dir / EVALS_FILE, EVALS_PROBLEMS, EVALS_ROLLOUTS, seed=EVALS_SEED, bad_rows=True)
-    kernelbook = synthetic.write_kernelbook(
+    evals = fake_data.write_evals(out_dir / EVALS_FILE, EVALS_PROBLEMS, EVALS_ROLLOUTS, seed=EVALS_SEED, bad_rows=True)
+    kernelbook = fake_data.write_kernelbook(
         out_dir / KERNELBOOK_FILE,
         KERNELBOOK_ROWS,
         seed=KERNELBOOK_SEED,
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="where to write (default: %(default)s)")
     args = parser.parse_args()
     for path in make_samples(args.out_dir):
-        print(f"{path}  {path.stat().st_size:,} bytes  sha256 {synthetic.file_digest(path)}")
+        print(f"{path}  {path.stat().st_size:,} bytes  sha256 {fake_data.file_digest(path)}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ import prefect  # noqa: E402,F401  (Prefect configures its logging at import)
 _console_to_own_stream()
 import pytest  # noqa: E402
 
+from tests.fixtures.llm import *  # noqa: E402,F401,F403  (loopback LLM fixtures for every test)
+
 
 @pytest.fixture(scope="session")
 def prefect_harness():
@@ -62,3 +64,39 @@ def prefect_harness():
         warm_up()
         _console_to_own_stream()  # that setup made a new console handler
         yield
+
+
+# --- markers and the skip rule ------------------------------------------------------------------
+
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` names every test that starts a server or a subprocess: the ones marked by hand
+    (subprocesses), every test that runs flows against the shared Prefect test server, and all of
+    ``tests/e2e``. ``uv run pytest -m "not slow"`` is the quick library-level loop."""
+    e2e = os.path.join(_TESTS, "e2e") + os.sep
+    for item in items:
+        if "prefect_harness" in getattr(item, "fixturenames", ()) or str(item.path).startswith(e2e):
+            item.add_marker(pytest.mark.slow)
+
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No test may skip: a missing command, server or file must fail, not vanish from the run."""
+    if _skipped and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _skipped:
+        terminalreporter.write_line(
+            f"FAILED: {len(_skipped)} test(s) skipped, and no test may skip: {', '.join(_skipped[:10])}", red=True
+        )

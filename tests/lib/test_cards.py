@@ -16,15 +16,15 @@ from kernelbook_lib.cards import render_dataset_card
 from kernelbook_lib.errors import UserError
 from kernelbook_lib.summary import RunSummary
 from kernelbook_lib.text import problem_id
-from tests import factories
+from tests.fixtures import fake_data
 
 SPLIT_FILE = "data/{split}-00000-of-00001.parquet"
 
 
 def judged_frame(problems: list[int], rollouts: int = 2) -> pl.DataFrame:
     """Judged rows in the output column order: ``rollouts`` rows for each problem number."""
-    rows = [factories.row(p * 100 + j, k=p, name=f"Mod{p}", reward=0.9 + j / 100) for p in problems for j in range(rollouts)]
-    frame = factories.frame(rows)
+    rows = [fake_data.row(p * 100 + j, k=p, name=f"Mod{p}", reward=0.9 + j / 100) for p in problems for j in range(rollouts)]
+    frame = fake_data.frame_of(rows)
     n = frame.height
     judged = pl.DataFrame(
         {
@@ -93,7 +93,7 @@ def write_out(root: Path, *, train: tuple[int, ...] = (1, 2, 3), validation: tup
 def write_synthetic(root: Path, n: int = 3) -> Path:
     frame = pl.DataFrame(
         {"prompt": [f"Write a Triton kernel for task {i}." for i in range(n)], "module_name": [f"Mod{i}" for i in range(n)],
-         "python_code": [factories.MODULE.format(name=f"Mod{i}", k=i) for i in range(n)]}
+         "python_code": [fake_data.MODULE.format(name=f"Mod{i}", k=i) for i in range(n)]}
     )
     summary = {
         "pipeline": "generate", "version": "0.1.0", "source": "GPUMODE/KernelBook", "split": "train", "limit": None,

@@ -602,6 +602,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_verdicts_do_not_depend_on_hash_seed() -> None:
     """Set iteration order differs between hash seeds; no verdict or rationale may follow it."""
     pairs = [

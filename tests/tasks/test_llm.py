@@ -22,14 +22,13 @@ from prefect import flow
 from kernelbook_lib import llm, rubric
 from kernelbook_lib.errors import UserError
 from kernelbook_lib.llm import LLMAuthError, LLMRequest
-from kernelbook_lib.testing import synthetic_judge_requests
-from kernelbook_lib.testing.llm_server import expected_judge_reply, fault_marker, prompt_hash
+from tests.fixtures.fake_data import judge_requests
+from tests.fixtures.llm_server import expected_judge_reply, fault_marker, prompt_hash
 from tasks.llm import LLMRunResult, run_llm_requests
-from tests.llm_fixtures import *  # noqa: F403
-from tests.llm_fixtures import LLM_TEST_KEY
+from tests.fixtures.llm import LLM_TEST_KEY
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_in_flow(requests: list[LLMRequest], **kwargs) -> LLMRunResult:
@@ -52,7 +51,7 @@ def calls_for(server, request: LLMRequest) -> int:
 
 def test_results_concurrency_cache_and_refresh(llm_server, llm_env, caplog):
     llm_env(llm_server, llm_concurrency=4, llm_price_input_per_mtok=1.0, llm_price_output_per_mtok=2.0)
-    distinct = synthetic_judge_requests(30)
+    distinct = judge_requests(30)
     requests = distinct + [distinct[3], distinct[7]]  # the same prompt twice is one call
 
     caplog.set_level(logging.INFO)
@@ -133,7 +132,7 @@ def test_wrong_key_stops_the_run_at_once(make_llm_server, llm_env):
     server = make_llm_server(api_key="sk-the-server-wants-another-key", echo_key_in_errors=True)
     llm_env(server, llm_concurrency=4, llm_retries=3)
     with pytest.raises(LLMAuthError) as caught:
-        run_in_flow(synthetic_judge_requests(40))
+        run_in_flow(judge_requests(40))
     assert isinstance(caught.value, UserError)
     message = str(caught.value)
     assert "HTTP 401" in message and "PRIME_API_KEY" in message
@@ -145,7 +144,7 @@ def test_wrong_team_stops_the_run_with_a_team_hint(make_llm_server, llm_env):
     server = make_llm_server(team_id="team-42")
     llm_env(server, prime_team_id="team-7", llm_concurrency=2)
     with pytest.raises(LLMAuthError, match="PRIME_TEAM_ID") as caught:
-        run_in_flow(synthetic_judge_requests(10))
+        run_in_flow(judge_requests(10))
     assert "HTTP 403" in str(caught.value)
     assert server.stats()["calls_total"] <= 2
 
@@ -155,13 +154,13 @@ def test_the_key_appears_in_no_log_cache_file_or_exception(make_llm_server, llm_
     server = make_llm_server(latency=0.02)
     env = llm_env(server, llm_retries=1)
     requests = [marked(fault_marker(kind), i) for i, kind in enumerate(("500", "malformed", "400", "tags"))]
-    requests += synthetic_judge_requests(4)
+    requests += judge_requests(4)
     run_in_flow(requests)
 
     echoing = make_llm_server(api_key="sk-the-server-wants-another-key", echo_key_in_errors=True)
     llm_env(echoing)
     with pytest.raises(LLMAuthError) as caught:
-        run_in_flow(synthetic_judge_requests(3, seed=99))  # not cached: they reach the server
+        run_in_flow(judge_requests(3, seed=99))  # not cached: they reach the server
     exception_text = "".join(traceback.format_exception(caught.value)) + repr(caught.value)
 
     assert LLM_TEST_KEY not in exception_text
@@ -173,7 +172,7 @@ def test_the_key_appears_in_no_log_cache_file_or_exception(make_llm_server, llm_
 
 def test_damaged_cache_entries_are_misses_with_a_warning(llm_server, llm_env, caplog):
     env = llm_env(llm_server)
-    requests = synthetic_judge_requests(6)
+    requests = judge_requests(6)
     first = run_in_flow(requests)
     cache = Path(env["KERNELBOOK_CACHE_DIR"]) / "llm"
     paths = [cache / request.key[:2] / f"{request.key}.json" for request in requests]
@@ -210,7 +209,7 @@ def test_a_server_set_limit_wins_over_llm_concurrency(llm_server, llm_env, caplo
 
     run_coro_as_sync(create())
     caplog.set_level(logging.INFO)
-    result = run_in_flow(synthetic_judge_requests(16))
+    result = run_in_flow(judge_requests(16))
     assert all(o.ok for o in result.outcomes)
     assert llm_server.stats()["max_in_flight"] <= 2
     assert result.accounting["concurrency"] == 2
@@ -222,18 +221,19 @@ CHILD = textwrap.dedent(
     import sys
     import tasks
     from prefect import flow
-    from kernelbook_lib.testing import synthetic_judge_requests
+    from tests.fixtures.fake_data import judge_requests
     from tasks.llm import run_llm_requests
 
     @flow(name="llm-killed")
     def killed():
-        run_llm_requests(synthetic_judge_requests(int(sys.argv[1])))
+        run_llm_requests(judge_requests(int(sys.argv[1])))
 
     killed()
     """
 )
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_paying_twice(make_llm_server, llm_env, tmp_path):
     from prefect.settings import PREFECT_API_URL
 
@@ -259,12 +259,12 @@ def test_a_killed_run_resumes_without_paying_twice(make_llm_server, llm_env, tmp
     made_before_kill = server.stats()["calls_total"]
     assert made_before_kill < n
 
-    resumed = run_in_flow(synthetic_judge_requests(n))  # must not wait for the dead run's slots
+    resumed = run_in_flow(judge_requests(n))  # must not wait for the dead run's slots
     assert all(o.ok for o in resumed.outcomes)
     total = server.stats()["calls_total"]
     assert total <= n + 4  # every answer paid once, plus at most the calls in flight at the kill
     assert resumed.accounting["cache_hits"] >= made_before_kill - 4
-    for request, outcome in zip(synthetic_judge_requests(n), resumed.outcomes, strict=True):
+    for request, outcome in zip(judge_requests(n), resumed.outcomes, strict=True):
         assert outcome.reply == expected_judge_reply(list(request.messages))
 
 
@@ -278,7 +278,7 @@ def test_a_missing_prefect_limit_fails_loudly_instead_of_hanging(llm_server, llm
 
     monkeypatch.setattr(llm_tasks, "ensure_concurrency_limit", limit_not_created)
     with pytest.raises(RuntimeError, match="could not lease slots from Prefect concurrency limit"):
-        run_in_flow(synthetic_judge_requests(3))
+        run_in_flow(judge_requests(3))
     assert llm_server.stats()["calls_total"] == 0
 
 
@@ -288,7 +288,7 @@ def test_async_flows_use_arun_llm_requests(llm_server, llm_env):
     from tasks.llm import arun_llm_requests
 
     llm_env(llm_server)
-    requests = synthetic_judge_requests(5)
+    requests = judge_requests(5)
 
     @flow(name="llm-test-async")
     async def llm_async_flow() -> LLMRunResult:

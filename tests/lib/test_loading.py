@@ -11,11 +11,11 @@ import pytest
 from kernelbook_lib import loading, schema
 from kernelbook_lib.errors import SchemaError, SourceUnavailableError, UserError
 from kernelbook_lib.text import extract_answer, normalize_code, problem_id
-from tests import factories
+from tests.fixtures import fake_data
 
 
 def load(tmp_path, rows, split="train"):
-    path = factories.write(rows, tmp_path / "src.parquet")
+    path = fake_data.write_rows(rows, tmp_path / "src.parquet")
     return loading.prepare(loading.read_source(str(path), split))
 
 
@@ -34,7 +34,7 @@ def test_problem_id_ignores_line_endings_and_trailing_space_but_not_tokens():
 
 
 def test_good_rows_pass_with_derived_columns(tmp_path):
-    result = load(tmp_path, [factories.row(0), factories.row(1)])
+    result = load(tmp_path, [fake_data.row(0), fake_data.row(1)])
     assert result.report.rows_in == 2 and result.report.rows_out == 2 and result.report.dropped == {}
     frame = result.frame
     assert frame.get_column(schema.ROW).to_list() == [0, 1]
@@ -44,14 +44,14 @@ def test_good_rows_pass_with_derived_columns(tmp_path):
 
 def test_each_bad_row_is_rejected_with_its_reason(tmp_path):
     rows = [
-        factories.row(0),
-        factories.row(1, reward=None),
-        factories.row(2, reward=math.nan),
-        factories.row(3, completion=[]),
-        factories.row(4, content=""),
-        factories.row(5, content="I forgot the tags: import triton"),
-        factories.row(6, code="   \n"),
-        factories.row(7, completion=[{"role": "user", "content": "only a user turn", "reasoning": None}]),
+        fake_data.row(0),
+        fake_data.row(1, reward=None),
+        fake_data.row(2, reward=math.nan),
+        fake_data.row(3, completion=[]),
+        fake_data.row(4, content=""),
+        fake_data.row(5, content="I forgot the tags: import triton"),
+        fake_data.row(6, code="   \n"),
+        fake_data.row(7, completion=[{"role": "user", "content": "only a user turn", "reasoning": None}]),
     ]
     result = load(tmp_path, rows)
     reasons = dict(zip(result.rejected["source_index"].to_list(), result.rejected["reason"].to_list()))
@@ -70,7 +70,7 @@ def test_each_bad_row_is_rejected_with_its_reason(tmp_path):
 
 
 def test_missing_column_is_a_schema_error_naming_it_and_listing_found(tmp_path):
-    frame = factories.frame([factories.row(0)]).drop("reward")
+    frame = fake_data.frame_of([fake_data.row(0)]).drop("reward")
     path = tmp_path / "no_reward.parquet"
     frame.write_parquet(path)
     with pytest.raises(SchemaError) as err:
@@ -94,7 +94,7 @@ def test_missing_info_field_and_wrong_types_are_named(tmp_path):
 
 
 def test_jsonl_source_with_integer_rewards_is_coerced(tmp_path):
-    row = factories.row(0, reward=None)
+    row = fake_data.row(0, reward=None)
     row["reward"] = 1  # JSON integers are read as Int64: a lossless widening
     path = tmp_path / "src.jsonl"
     path.write_text(json.dumps(row) + "\n")
@@ -104,8 +104,8 @@ def test_jsonl_source_with_integer_rewards_is_coerced(tmp_path):
 
 def test_folder_in_hub_layout_reads_splits(tmp_path):
     (tmp_path / "data").mkdir()
-    factories.write([factories.row(0), factories.row(1)], tmp_path / "data" / "train-00000-of-00001.parquet")
-    factories.write([factories.row(2)], tmp_path / "data" / "validation-00000-of-00001.parquet")
+    fake_data.write_rows([fake_data.row(0), fake_data.row(1)], tmp_path / "data" / "train-00000-of-00001.parquet")
+    fake_data.write_rows([fake_data.row(2)], tmp_path / "data" / "validation-00000-of-00001.parquet")
     assert loading.read_source(str(tmp_path), "train").frame.height == 2
     assert loading.read_source(str(tmp_path), "validation").frame.height == 1
     both = loading.read_source(str(tmp_path), "all").frame
@@ -113,7 +113,7 @@ def test_folder_in_hub_layout_reads_splits(tmp_path):
 
 
 def test_missing_split_and_missing_path_and_unreadable_file_are_clear(tmp_path):
-    path = factories.write([factories.row(0)], tmp_path / "one.parquet")
+    path = fake_data.write_rows([fake_data.row(0)], tmp_path / "one.parquet")
     with pytest.raises(UserError, match="has no 'validation' split; splits found: train"):
         loading.read_source(str(path), "validation")
     with pytest.raises(SourceUnavailableError, match="neither an existing file"):
@@ -122,7 +122,7 @@ def test_missing_split_and_missing_path_and_unreadable_file_are_clear(tmp_path):
     garbage.write_bytes(b"\x00\x01 not parquet")
     with pytest.raises(SourceUnavailableError, match="cannot read"):
         loading.read_source(str(garbage))
-    empty = factories.write([], tmp_path / "empty.parquet")
+    empty = fake_data.write_rows([], tmp_path / "empty.parquet")
     with pytest.raises(UserError, match="has no rows"):
         loading.prepare(loading.read_source(str(empty)))
 

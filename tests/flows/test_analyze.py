@@ -17,7 +17,7 @@ from kernelbook_cli import app
 from kernelbook_lib import plots
 from kernelbook_lib.errors import UserError
 from tasks import analysis as analysis_tasks
-from tests.test_analysis import correlated, judged, write_out
+from tests.lib.test_analysis import correlated, judged, write_out
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from kernelbook_lib.errors import SchemaError
 from kernelbook_lib.prompt_gen import InvalidSpecification
 from kernelbook_lib.prompt_template import TEMPLATE_GENERATOR, analyze, template_specification
 from kernelbook_lib.text import problem_id
-from tests import factories
+from tests.fixtures import fake_data
 
 MODULE = '''import torch
 import torch.nn as nn
@@ -62,7 +62,7 @@ def prepared(frame: pl.DataFrame) -> prompt_gen.PreparedSource:
 
 
 def module(name: str, k: int) -> str:
-    return factories.MODULE.format(name=name, k=k)
+    return fake_data.MODULE.format(name=name, k=k)
 
 
 # --- schema detection ----------------------------------------------------------------------------
@@ -70,7 +70,7 @@ def module(name: str, k: int) -> str:
 
 def test_both_input_schemas_are_detected_and_anything_else_lists_the_columns():
     assert prompt_gen.detect_schema(kernelbook_frame([("M", module("M", 1))])) == ("kernelbook", [])
-    evals = pl.DataFrame([factories.row(0)])
+    evals = pl.DataFrame([fake_data.row(0)])
     assert prompt_gen.detect_schema(evals) == ("eval", [])
     both = kernelbook_frame([("M", module("M", 1))]).with_columns(
         pl.struct(module_name=pl.lit("M"), python_code=pl.lit("x")).alias("info")
@@ -130,7 +130,7 @@ def test_unusable_rows_are_rejected_with_a_reason_and_a_detail():
 
 
 def test_eval_rollouts_collapse_to_one_row_per_problem_and_keep_their_provenance():
-    rows = [factories.row(i, name=f"M{i // 3}", k=i // 3) for i in range(9)]  # 3 problems x 3 rollouts
+    rows = [fake_data.row(i, name=f"M{i // 3}", k=i // 3) for i in range(9)]  # 3 problems x 3 rollouts
     result = prepared(pl.DataFrame(rows))
     assert result.input_schema == "eval" and result.provenance == ("example_id", "triton_code")
     dedupe = prompt_gen.dedupe_problems(result.result.frame)

@@ -17,10 +17,11 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from kernelbook_lib import schema, synthetic
+from kernelbook_lib import schema
+from tests.fixtures import fake_data
 from kernelbook_lib.text import extract_answer, solution_code
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "kernelbook_lib" / "data"
 EVALS = DATA / "evals_sample.parquet"
 KERNELBOOK = DATA / "kernelbook_sample.parquet"
@@ -78,7 +79,7 @@ def test_eval_sample_has_exactly_the_source_schema_for_polars_pyarrow_and_datase
 
 
 def test_kernelbook_sample_has_the_kernelbook_schema(tmp_path):
-    assert pq.read_schema(KERNELBOOK).remove_metadata() == synthetic.KERNELBOOK_ARROW_SCHEMA
+    assert pq.read_schema(KERNELBOOK).remove_metadata() == fake_data.KERNELBOOK_ARROW_SCHEMA
     frame = pl.read_parquet(KERNELBOOK)
     assert frame.columns[:4] == ["module_name", "python_code", "triton_code", "uuid"]
     assert frame.schema["licenses"] == pl.List(pl.String)
@@ -107,13 +108,13 @@ def test_make_sample_is_byte_identical_across_runs_and_equals_the_committed_samp
 
 
 def test_eval_rows_depend_only_on_their_arguments():
-    same = [json.dumps(synthetic.eval_rows(12, 2, seed=5), sort_keys=True) for _ in range(2)]
+    same = [json.dumps(fake_data.eval_rows(12, 2, seed=5), sort_keys=True) for _ in range(2)]
     assert same[0] == same[1]
-    assert json.dumps(synthetic.eval_rows(12, 2, seed=6), sort_keys=True) != same[0]
+    assert json.dumps(fake_data.eval_rows(12, 2, seed=6), sort_keys=True) != same[0]
 
 
 def test_eval_rows_without_bad_rows_has_none():
-    generated = synthetic.eval_rows(40, 3, seed=1, bad_rows=False)
+    generated = fake_data.eval_rows(40, 3, seed=1, bad_rows=False)
     assert len(generated) == 120
     assert not [row for row in generated if _is_bad(row)]
 
@@ -302,8 +303,8 @@ def test_kernelbook_sample_has_duplicates_and_empty_code():
 
 
 def test_write_evals_large_streams_row_groups_with_the_exact_row_count(tmp_path, monkeypatch):
-    monkeypatch.setattr(synthetic, "_LARGE_BATCH_ROWS", 500)
-    path = synthetic.write_evals_large(tmp_path / "large.parquet", 1_234, seed=3)
+    monkeypatch.setattr(fake_data, "_LARGE_BATCH_ROWS", 500)
+    path = fake_data.write_evals_large(tmp_path / "large.parquet", 1_234, seed=3)
     meta = pq.ParquetFile(path).metadata
     assert meta.num_rows == 1_234 and meta.num_row_groups == 3
     assert pq.read_schema(path).remove_metadata() == schema.SOURCE_ARROW_SCHEMA
@@ -312,5 +313,5 @@ def test_write_evals_large_streams_row_groups_with_the_exact_row_count(tmp_path,
     assert 0.3 <= above <= 0.55
     rollouts = frame.group_by("example_id").len()["len"]
     assert 2.5 <= rollouts.mean() <= 3.5
-    again = synthetic.write_evals_large(tmp_path / "again.parquet", 1_234, seed=3)
+    again = fake_data.write_evals_large(tmp_path / "again.parquet", 1_234, seed=3)
     assert path.read_bytes() == again.read_bytes()

@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from kernelbook_cli import app
-from kernelbook_lib.testing.llm_server import fault_marker
-from tests import factories
+from tests.fixtures.llm_server import fault_marker
+from tests.fixtures import fake_data
+from tests.fixtures.llm import loopback_llm
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 KEY = "sk-curate-test-SECRET-4f1c9e0a7b2d"
@@ -19,7 +20,7 @@ KEY = "sk-curate-test-SECRET-4f1c9e0a7b2d"
 
 @pytest.fixture
 def server(monkeypatch, tmp_path):
-    with factories.loopback_llm(monkeypatch, tmp_path / "cache", KEY) as srv:
+    with loopback_llm(monkeypatch, tmp_path / "cache", KEY) as srv:
         yield srv
 
 
@@ -29,11 +30,11 @@ def source(tmp_path: Path, faults: dict[int, str] | None = None) -> Path:
     rows = []
     for i in range(16):
         problem = i // 2
-        code = factories.MODULE.format(name=f"M{problem}", k=problem)
+        code = fake_data.MODULE.format(name=f"M{problem}", k=problem)
         if faults and problem in faults:
             code += f"# {fault_marker(faults[problem])}\n"
-        rows.append(factories.row(problem, name=f"M{problem}", code=code, reward=0.9 + i * 0.001))
-    return factories.write(rows, tmp_path / "src.parquet")
+        rows.append(fake_data.row(problem, name=f"M{problem}", code=code, reward=0.9 + i * 0.001))
+    return fake_data.write_rows(rows, tmp_path / "src.parquet")
 
 
 def curate(src: Path, out: Path, *extra: str):

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from kernelbook_cli import app
 from kernelbook_lib import loading, schema
-from tests import factories
+from tests.fixtures import fake_data
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_static_judge_columns_are_labelled(sample_run):
 
 
 def test_missing_column_exits_2_with_one_clear_message(tmp_path):
-    frame = factories.frame([factories.row(0)]).drop("completion")
+    frame = fake_data.frame_of([fake_data.row(0)]).drop("completion")
     path = tmp_path / "broken.parquet"
     frame.write_parquet(path)
     result = CliRunner().invoke(app, ["curate", "--source", str(path), "--judge", "static", "--out", str(tmp_path / "o")])
@@ -108,6 +108,7 @@ def test_missing_column_exits_2_with_one_clear_message(tmp_path):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_first_run_on_a_fresh_prefect_home_is_clean(tmp_path):
     """What a new user sees: the real command, a fresh PREFECT_HOME, no server configured."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}

@@ -20,7 +20,7 @@ import pytest
 
 from tasks import runtime
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_MAPPED = 100
 
 FLOW_SCRIPT = textwrap.dedent(
@@ -62,6 +62,7 @@ FLOW_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_first_local_run_on_a_fresh_prefect_home_is_clean_and_loses_nothing(tmp_path):
     home = tmp_path / "prefect-home"
     # A new user: no Prefect settings, no server, no opt-out of tracking of their own.

@@ -29,9 +29,9 @@ import polars as pl
 import pytest
 import yaml
 
-from tests import factories
+from tests.fixtures import fake_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PREFECT = Path(sys.executable).parent / "prefect"
 POOL = "kernelbook"
 CURATE = "curate/on-demand"
@@ -248,8 +248,8 @@ def test_curate_deployment_runs_on_a_process_worker(ops: Ops):
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
     """20 problems, two rollouts each, half above the threshold."""
-    rows = [factories.row(i, name=f"M{i % 20}", k=i % 20, reward=0.9 if i % 2 else 0.5) for i in range(40)]
-    return factories.write(rows, tmp_path / "evals.parquet")
+    rows = [fake_data.row(i, name=f"M{i % 20}", k=i % 20, reward=0.9 if i % 2 else 0.5) for i in range(40)]
+    return fake_data.write_rows(rows, tmp_path / "evals.parquet")
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -257,7 +257,7 @@ def test_reevaluate_curates_refreshes_the_analysis_and_publishes_when_asked(sour
     import huggingface_hub.constants
 
     from flows.reevaluate import reevaluate
-    from kernelbook_lib.testing.hub_server import HubStandIn
+    from tests.fixtures.hub_server import HubStandIn
 
     token = "hf_TEST-token-0123456789abcdefghijklmnopqrstu"
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the stand-in is on loopback

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from kernelbook_cli import app
 from kernelbook_lib import schema
-from tests import factories
+from tests.fixtures import fake_data
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -77,7 +77,7 @@ def test_binary_file_named_jsonl(tmp_path: Path, monkeypatch):
 
 def test_non_utf8_text_named_jsonl(tmp_path: Path, monkeypatch):
     """JSON lines written in Latin-1 (an accented name), not UTF-8."""
-    line = json.dumps(factories.row(0), ensure_ascii=False).replace("Scale", "Échelle")
+    line = json.dumps(fake_data.row(0), ensure_ascii=False).replace("Scale", "Échelle")
     source = tmp_path / "evals.jsonl"
     source.write_bytes((line + "\n").encode("latin-1"))
     code, printed, errors = curate(monkeypatch, source, tmp_path / "out")
@@ -92,7 +92,7 @@ def test_binary_file_named_parquet(tmp_path: Path, monkeypatch):
 
 
 def test_empty_parquet_with_the_right_schema(tmp_path: Path, monkeypatch):
-    source = factories.write([], tmp_path / "evals.parquet")
+    source = fake_data.write_rows([], tmp_path / "evals.parquet")
     assert pq.read_metadata(source).num_rows == 0
     code, printed, errors = curate(monkeypatch, source, tmp_path / "out")
     assert_one_clear_error(code, printed, errors, "no rows")
@@ -107,7 +107,7 @@ def test_empty_jsonl_file(tmp_path: Path, monkeypatch):
 
 def write_with_reward_as_strings(path: Path) -> Path:
     """Every column present, but ``reward`` holds strings ("0.9") instead of numbers."""
-    rows = [factories.row(i, reward=None) | {"reward": "0.9"} for i in range(3)]
+    rows = [fake_data.row(i, reward=None) | {"reward": "0.9"} for i in range(3)]
     if path.suffix == ".parquet":
         fields = [pa.field("reward", pa.string()) if f.name == "reward" else f for f in schema.SOURCE_ARROW_SCHEMA]
         pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(fields)), path)
@@ -128,7 +128,7 @@ def test_right_columns_wrong_types(tmp_path: Path, monkeypatch, name: str):
 @pytest.mark.parametrize(("out_name", "message"), [("outputs", "not a folder"), ("outputs/run1", "cannot write to --out")])
 def test_out_is_an_existing_file(tmp_path: Path, monkeypatch, out_name: str, message: str):
     """``--out`` is a file, or a folder under a file."""
-    source = factories.write([factories.row(i) for i in range(3)], tmp_path / "evals.parquet")
+    source = fake_data.write_rows([fake_data.row(i) for i in range(3)], tmp_path / "evals.parquet")
     (tmp_path / "outputs").write_text("not a folder\n")
     out = tmp_path / out_name
     code, printed, errors = curate(monkeypatch, source, out)

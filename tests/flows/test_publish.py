@@ -1,5 +1,5 @@
 """Publishing: validation and refusals, the dry-run plan, and real pushes over HTTP to the
-loopback Hub stand-in (``kernelbook_lib.testing.hub_server``), checking exactly what was sent."""
+loopback Hub stand-in (``tests.fixtures.hub_server``), checking exactly what was sent."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pydantic import SecretStr
 
 from kernelbook_lib import hub
 from kernelbook_lib.errors import UserError
-from kernelbook_lib.testing.hub_server import GITATTRIBUTES, HubStandIn
-from tests.test_cards import ANALYSIS, SPLIT_FILE, judged_frame, write_out, write_synthetic
+from tests.fixtures.hub_server import GITATTRIBUTES, HubStandIn
+from tests.lib.test_cards import ANALYSIS, SPLIT_FILE, judged_frame, write_out, write_synthetic
 
 TOKEN = "hf_TEST-token-0123456789abcdefghijklmnopqrstu"
 DATA_FILES = [SPLIT_FILE.format(split="train"), SPLIT_FILE.format(split="validation")]

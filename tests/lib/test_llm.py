@@ -11,10 +11,9 @@ import pytest
 from kernelbook_lib import llm, rubric
 from kernelbook_lib.errors import UserError
 from kernelbook_lib.settings import load_settings
-from kernelbook_lib.testing import synthetic_judge_requests
-from kernelbook_lib.testing.llm_server import expected_judge_reply, fault_marker
-from tests.llm_fixtures import *  # noqa: F403
-from tests.llm_fixtures import LLM_TEST_KEY
+from tests.fixtures.fake_data import judge_requests
+from tests.fixtures.llm_server import expected_judge_reply, fault_marker
+from tests.fixtures.llm import LLM_TEST_KEY
 
 
 def judge_request(marker: str = "", i: int = 0, model: str = "test/judge-model") -> llm.LLMRequest:
@@ -222,7 +221,7 @@ def test_parse_retry_after(headers, seconds):
 
 
 def test_cache_record_round_trip_and_damage_detection():
-    request = synthetic_judge_requests(1)[0]
+    request = judge_requests(1)[0]
     result = llm.CallResult({"difficulty": 4, "style": 6, "rationale": "fine"}, 100, 20)
     record = llm.cache_record(request, result, run_token="run-a")
     assert LLM_TEST_KEY not in json.dumps(record)
@@ -235,7 +234,7 @@ def test_cache_record_round_trip_and_damage_detection():
     edited = dict(record, reply={**record["reply"], "difficulty": 9})  # in range, but not what was said
     with pytest.raises(llm.CorruptCacheEntry, match="checksum"):
         llm.outcome_from_cache_record(edited, request, "run-b")
-    other = synthetic_judge_requests(2)[1]
+    other = judge_requests(2)[1]
     with pytest.raises(llm.CorruptCacheEntry, match="another request"):
         llm.outcome_from_cache_record(record, other, "run-b")
     forged = {k: v for k, v in record.items() if k != "checksum"} | {"reply": {"difficulty": 42, "style": 1, "rationale": ""}}
