@@ -50,7 +50,7 @@ def test_no_problem_in_both_splits_and_unique_agrees_with_filtered(sample_run):
     split_of = {}
     for name in ("filtered", "unique"):
         for split in ("train", "validation"):
-            frame = pl.read_parquet(out / name / "data" / f"{split}-00000-of-00001.parquet")
+            frame = pl.read_parquet(out / name / "data" / f"{split}-00000-of-00001-*.parquet")
             for problem in frame["problem_id"].unique():
                 assert split_of.setdefault(problem, split) == split, f"{problem} leaks across splits"
     unique = pl.read_parquet(out / "unique" / "data" / "*.parquet")
