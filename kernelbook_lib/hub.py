@@ -709,6 +709,11 @@ def _hub_error(exc: Exception, where: str, endpoint: str, secret: str, timeout: 
             transient = True
             message = f"{where}: cannot reach the Hugging Face Hub at {endpoint} ({type(cause).__name__}); check the network or HF_ENDPOINT"
             break
+        if isinstance(cause, ConnectionError) and "xet" in str(cause).lower():  # hf_xet's own errors
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            message = (f"{where}: the upload to the Hub's Xet storage failed ({first}); if {endpoint} has no Xet "
+                       "storage, set HF_HUB_DISABLE_XET=1 to upload through LFS")
+            break
     else:
         raise exc
     return PublishError(message.replace(secret, "***"), transient=transient)

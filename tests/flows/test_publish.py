@@ -537,6 +537,21 @@ def test_the_default_client_comes_back_after_a_push(out: Path, online):
     assert get_session().timeout.read is None  # huggingface_hub's own default, for everything else
 
 
+def test_a_hub_without_xet_storage_is_named(out: Path, stand_in: HubStandIn, monkeypatch):
+    """hf_xet is installed, so parquet goes through Xet, which the stand-in (like a Hub mirror
+    without Xet) does not have: one clear line saying how to take the LFS path instead."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", False)
+    with pytest.raises(hub.PublishError) as info:
+        hub.push(hub.plan_publish(out, {"filtered": "me/kb-filtered"}), SecretStr(TOKEN), private=True, endpoint=stand_in.endpoint)
+    message = str(info.value)
+    assert message.startswith("publishing filtered to me/kb-filtered: the upload to the Hub's Xet storage failed (")
+    assert message.endswith("set HF_HUB_DISABLE_XET=1 to upload through LFS") and "\n" not in message and TOKEN not in message
+    assert len(stand_in.repo("me/kb-filtered").commits) == 1  # nothing committed
+
+
 def test_offline_mode_is_named(out: Path, stand_in: HubStandIn):
     # The test session sets HF_HUB_OFFLINE=1 (no `online` fixture here).
     plan = hub.plan_publish(out, {"filtered": "me/kb-filtered"})
