@@ -214,7 +214,7 @@ def title_notes(kind: str, summary: Mapping[str, Any]) -> list[str]:
     """What a reader must know before anything else (it goes into the title)."""
     notes = []
     if is_sample(summary):
-        notes.append("built from the bundled synthetic sample, not real eval data")
+        notes.append("built from the bundled synthetic sample, not real data")
     if is_heuristic(kind, summary):
         notes.append("heuristic scores, no LLM judge")
     return notes

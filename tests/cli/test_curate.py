@@ -141,7 +141,7 @@ def test_the_dataset_cards_show_this_runs_analysis(sample_run):
         card = (folder / "README.md").read_text()
         assert all(f"](images/{p.name})" in card for p in images)
         assert "## Correlations of difficulty, style and reward" in card and f"n = {analysis['n']} judged rows" in card
-        assert "(built from the bundled synthetic sample, not real eval data; heuristic scores, no LLM judge)" in card
+        assert "(built from the bundled synthetic sample, not real data; heuristic scores, no LLM judge)" in card
     plan = hub.plan_publish(out, {"filtered": "me/f", "unique": "me/u"})
     assert all(item.ok for item in plan if not item.skipped), [item.problems for item in plan]
 

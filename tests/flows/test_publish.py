@@ -377,7 +377,8 @@ def test_single_repo_push_holds_every_dataset_as_a_config(tmp_path: Path, stand_
     root = write_synthetic(write_out(tmp_path / "out"))
     write_analysis(root)
     [item] = hub.plan_publish(root, {}, single_repo="me/kb")
-    assert item.ok, item.problems and item.kind == "filtered+unique+synthetic"
+    assert item.ok, item.problems
+    assert item.kind == "filtered+unique+synthetic" and item.replaced == hub.REMOTE_REPLACED_SINGLE
     assert item.rows == {"filtered/train": 6, "filtered/validation": 2, "unique/train": 3, "unique/validation": 1, "synthetic/train": 3}
     [result] = hub.push([item], SecretStr(TOKEN), private=True, endpoint=stand_in.endpoint)
     repo = stand_in.repo("me/kb")

@@ -191,7 +191,7 @@ def test_a_sample_card_says_so_in_its_title_and_tags(out: Path):
     text = card("unique", summary, {"train": 3, "validation": 1}, repo_id="me/kb-unique")
     meta = front_matter(text)
     title = text.split("\n---\n", 1)[1].lstrip().splitlines()[0]
-    assert title == "# me/kb-unique (built from the bundled synthetic sample, not real eval data; heuristic scores, no LLM judge)"
+    assert title == "# me/kb-unique (built from the bundled synthetic sample, not real data; heuristic scores, no LLM judge)"
     assert "synthetic" in meta["tags"] and "heuristic-judged" in meta["tags"]
     assert "bundled synthetic sample" in meta["pretty_name"] and "heuristic scores" in meta["pretty_name"]
 
@@ -320,7 +320,7 @@ def test_single_repo_card_has_one_config_per_dataset_and_datasets_loads_each(tmp
     meta = front_matter(text)
     assert [c["config_name"] for c in meta["configs"]] == ["filtered", "unique", "synthetic"]
     assert meta["configs"][0]["default"] is True and "default" not in meta["configs"][1]
-    assert "\n# me/kb (built from the bundled synthetic sample, not real eval data; heuristic scores, no LLM judge)\n" in text
+    assert "\n# me/kb (built from the bundled synthetic sample, not real data; heuristic scores, no LLM judge)\n" in text
     assert "## Config `unique`" in text and "### How the data was made" in text
     assert 'load_dataset("me/kb", "unique")' in text and text.count("![Joint](images/joint_distribution.png)") == 1
     cache = str(tmp_path / "cache")
