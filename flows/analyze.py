@@ -1,8 +1,10 @@
 """The ``analyze`` flow: statistics, plots and a report on a curate run's judged dataset.
 
-Reads ``INPUT/filtered`` (written by the ``curate`` flow) and writes ``analysis.json``, three
-PNG plots and ``report.md`` into ``OUT`` (default ``INPUT/analysis``); the report is also
-published as the Prefect markdown artifact ``analysis-report``.
+Reads ``INPUT/filtered`` (written by the ``curate`` flow) and writes ``analysis.json`` (with
+the run and files it analysed and each plot's SHA-256), three PNG plots and ``report.md`` into
+``OUT`` (default ``INPUT/analysis``); the report is also published as the Prefect markdown
+artifact ``analysis-report``. With the default ``OUT`` the plots and the correlation table are
+also put into the ``filtered`` and ``unique`` folders (``images/`` and their cards).
 
     python -m flows.analyze --input outputs [--out outputs/analysis]
 """
@@ -17,11 +19,14 @@ from prefect import flow, get_run_logger
 
 from tasks.analysis import (
     REPORT_ARTIFACT_KEY,
+    attach_analysis,
     compute_analysis,
     describe_judges,
+    identify_judged,
     load_judged,
     prepare_analysis_out,
     publish_report,
+    record_analysis,
     render_plots,
     write_analysis_json,
     write_report,
@@ -32,12 +37,15 @@ from tasks.analysis import (
 def analyze(input: str = "outputs", out: str | None = None) -> dict:
     """Analyse the judged dataset in ``input``; write the results into ``out`` (default INPUT/analysis)."""
     out_dir = prepare_analysis_out(input, out)
+    identity = identify_judged(input)
     df = load_judged(input)
     result = compute_analysis(df)
     judges = describe_judges(df)
-    analysis_json = write_analysis_json(result, out_dir)
     plot_paths = render_plots(df, out_dir)
+    document = record_analysis(result, identity, plot_paths)
+    analysis_json = write_analysis_json(document, out_dir)  # after the plots it vouches for
     report_path = write_report(result, plot_paths, judges, out_dir)
+    attached = attach_analysis(input, out_dir)
     publish_report(result, plot_paths, judges)
     get_run_logger().info(f"analyze: done, report at {report_path}")
     return {
@@ -46,7 +54,8 @@ def analyze(input: str = "outputs", out: str | None = None) -> dict:
         "report": report_path,
         "plots": plot_paths,
         "artifact_key": REPORT_ARTIFACT_KEY,
-        "analysis": result,
+        "analysis": document,
+        "attached_to": attached,
     }
 
 

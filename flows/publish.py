@@ -2,8 +2,9 @@
 
 By default a dry run: it logs, per dataset, the repo id, the files with their sizes and the
 row counts that would be uploaded, and uploads nothing. With ``push=True`` it refuses any
-dataset that fails validation, then creates each named dataset repo and uploads it in one
-commit. Run it with ``python -m flows.publish --help``.
+dataset that fails validation, then creates each named dataset repo, uploads it in one
+commit and tags that commit. ``single_repo`` publishes every dataset as a config of one repo.
+Run it with ``python -m flows.publish --help``.
 """
 
 from __future__ import annotations
@@ -26,15 +27,20 @@ def publish(
     filtered_repo: str | None = None,
     unique_repo: str | None = None,
     synthetic_repo: str | None = None,
+    single_repo: str | None = None,
 ) -> dict:
     """Publish ``input``/filtered, /unique and /synthetic to their Hub dataset repos.
 
     Repo ids default to HF_FILTERED_REPO, HF_UNIQUE_REPO and HF_SYNTHETIC_REPO; a dataset
-    without one is skipped. The token comes from HF_TOKEN, read inside the push task.
+    without one is skipped. ``single_repo``: all of them as configs of that one repo instead.
+    The token (HF_TOKEN, or a saved ``hf auth login``) is read inside the push task.
     """
     logger = get_run_logger()
-    repos = resolve_repos(filtered_repo, unique_repo, synthetic_repo)
-    plan = plan_publish(input, repos)
+    if single_repo:  # a --*-repo passed with it is refused by the plan; HF_*_REPO settings are not used
+        repos = {"filtered": filtered_repo, "unique": unique_repo, "synthetic": synthetic_repo}
+    else:
+        repos = resolve_repos(filtered_repo, unique_repo, synthetic_repo)
+    plan = plan_publish(input, repos, single_repo)
     # Logged by the flow: task-run INFO lines are hidden by default (tasks/runtime.py).
     logger.info(format_plan(plan, dry_run=not push))
     result = {"input": input, "pushed": False, "private": private, "datasets": [item.as_dict() for item in plan], "commits": []}
@@ -46,7 +52,7 @@ def publish(
         result["commits"].append(commit)
         logger.info(
             f"{item.kind}: published {', '.join(commit['files'])} to {'private' if private else 'public'} "
-            f"dataset {commit['repo_id']} in one commit ({commit['commit_url']})"
+            f"dataset {commit['repo_id']} in one commit ({commit['commit_url']}), tagged {commit['tag']}"
         )
     result["pushed"] = True
     return result

@@ -174,23 +174,24 @@ def analyze(
 @app.command()
 def publish(
     input: Annotated[Path, typer.Option("--input", help="A curate output folder.")] = Path("outputs"),
-    push: Annotated[bool, typer.Option("--push", help="Upload for real (needs HF_TOKEN); the default is a dry run.")] = False,
+    push: Annotated[bool, typer.Option("--push", help="Upload for real (needs HF_TOKEN or `hf auth login`) and tag the commit; the default is a dry run.")] = False,
     private: Annotated[bool, typer.Option("--private/--public", help="Visibility of repos the push creates.")] = True,
     filtered_repo: Annotated[Optional[str], typer.Option(help="owner/name of the filtered dataset repo (default: HF_FILTERED_REPO).")] = None,
     unique_repo: Annotated[Optional[str], typer.Option(help="owner/name of the unique dataset repo (default: HF_UNIQUE_REPO).")] = None,
     synthetic_repo: Annotated[Optional[str], typer.Option(help="owner/name of the synthetic prompts repo (default: HF_SYNTHETIC_REPO).")] = None,
+    single_repo: Annotated[Optional[str], typer.Option(help="owner/name of ONE dataset repo holding filtered, unique and synthetic as configs (instead of a repo each).")] = None,
 ) -> None:
     """Validate the datasets and publish them to the Hugging Face Hub (a dry run unless --push)."""
     from flows.publish import publish as publish_flow
 
     result = run_flow(
         publish_flow, input=str(input), push=push, private=private,
-        filtered_repo=filtered_repo, unique_repo=unique_repo, synthetic_repo=synthetic_repo,
+        filtered_repo=filtered_repo, unique_repo=unique_repo, synthetic_repo=synthetic_repo, single_repo=single_repo,
     )
     if not result["pushed"]:
         typer.echo("dry run: nothing was uploaded (the plan is above); add --push to upload")
     for commit in result["commits"]:
-        typer.echo(f"{commit['kind']}: {commit['repo_id']} {commit['commit_url']}")
+        typer.echo(f"{commit['kind']}: {commit['repo_id']} commit {commit['commit_url']} tag {commit['tag']}")
 
 
 class Backend(str, Enum):

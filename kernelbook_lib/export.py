@@ -4,19 +4,27 @@ of the original scripts, the drop ledger and the run summary.
 Crash safety: the run summary is removed first and written last, and every file is written to
 a temporary name and renamed into place, so a folder with a ``run_summary.json`` is always a
 finished, consistent run, and a half-written file never looks finished.
+
+A dataset folder holds exactly one run's files: ``data/{split}-00000-of-00001-{fingerprint}.parquet``
+(the fingerprint is the start of the file's SHA-256), a card listing exactly those files, and,
+after the analysis, ``images/`` with that run's plots. Parquet is written with pyarrow's
+content-defined chunking, so a republish of mostly unchanged rows re-sends little to Xet storage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from kernelbook_lib import schema
 from kernelbook_lib.cards import render_dataset_card
@@ -29,7 +37,18 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 REJECTED_FILE = "rejected.jsonl"
 DATASETS = ("filtered", "unique")
-SPLIT_FILES = {"train": "data/train-00000-of-00001.parquet", "validation": "data/validation-00000-of-00001.parquet"}
+DATA_DIR = "data"
+IMAGES_DIR = "images"
+CARD_FILE = "README.md"
+#: Hex digits of the content fingerprint in a shard's name.
+FINGERPRINT_CHARS = 16
+#: ``train-00000-of-00001-0123456789abcdef.parquet``: the Hub's shard naming, then the content
+#: fingerprint (``datasets``' default split patterns still match it).
+SHARD_NAME = re.compile(
+    r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5})-of-(?P<count>\d{5})-(?P<fingerprint>[0-9a-f]{%d})\.parquet$" % FINGERPRINT_CHARS
+)
+#: Split files as ``{split: [path relative to the dataset folder, ...]}``.
+DataFiles = dict[str, list[str]]
 
 
 def prepare_out_dir(out: str | os.PathLike, summary_file: str = SUMMARY_FILE) -> Path:
@@ -101,20 +120,64 @@ def atomic_folder(folder: Path) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_hub_dataset(frame: pl.DataFrame, folder: Path, kind: str, summary: RunSummary) -> dict[str, int]:
-    """One dataset in Hub layout: ``data/{split}-00000-of-00001.parquet`` and a card.
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    Both split files are always written (an empty one keeps the schema) so ``datasets``
-    always sees ``train`` and ``validation``."""
-    counts: dict[str, int] = {}
+
+def write_parquet(frame: pl.DataFrame, target: Path) -> None:
+    """Parquet for the Hub: zstd, statistics, and content-defined data pages (pyarrow's CDC), so
+    rows that did not change between two runs make byte-identical pages that Xet stores once.
+    zstd level 6: pyarrow's default (1) makes files about 25 % larger than level 6 for these
+    text-heavy rows (benchmarks/republish_bytes.py prints the sizes)."""
+    pq.write_table(
+        frame.to_arrow(), target, compression="zstd", compression_level=6, write_statistics=True,
+        use_content_defined_chunking=True,
+    )
+
+
+def write_dataset_folder(folder: Path, splits: Mapping[str, pl.DataFrame], render_card: Callable[[DataFiles], str]) -> DataFiles:
+    """One dataset in Hub layout, swapped into place whole: one fingerprinted shard per split and
+    the card ``render_card(data_files)`` (which must list exactly those files); returns them."""
+    # datasets caches a folder whose card has `configs` under a key made from the card's data_files
+    # strings, not the files: fixed names read back an older run's rows, content-named ones cannot.
+    data_files: DataFiles = {}
     with atomic_folder(folder) as staging:
-        for split, relative in SPLIT_FILES.items():
-            part = to_output(frame.filter(pl.col(SPLIT_COLUMN) == split))
-            counts[split] = part.height
-            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-            part.write_parquet(staging / relative, compression="zstd", statistics=True)
-        card = render_dataset_card(kind, summary.model_dump(mode="json"), counts)
-        (staging / "README.md").write_text(card, encoding="utf-8")
+        (staging / DATA_DIR).mkdir()
+        for split, frame in splits.items():
+            tmp = staging / DATA_DIR / f".{split}.parquet.tmp"
+            write_parquet(frame, tmp)
+            relative = f"{DATA_DIR}/{split}-00000-of-00001-{file_sha256(tmp)[:FINGERPRINT_CHARS]}.parquet"
+            os.replace(tmp, staging / relative)
+            data_files[split] = [relative]
+        (staging / CARD_FILE).write_text(render_card(data_files), encoding="utf-8")
+    return data_files
+
+
+def dataset_files(folder: Path) -> DataFiles:
+    """The shards in ``folder/data`` by split (names that do not follow :data:`SHARD_NAME` are left
+    out; the publisher's validation reports them)."""
+    files: DataFiles = {}
+    data = Path(folder) / DATA_DIR
+    for path in sorted(data.glob("*.parquet")) if data.is_dir() else []:
+        match = SHARD_NAME.match(path.name)
+        if match:
+            files.setdefault(match["split"], []).append(f"{DATA_DIR}/{path.name}")
+    return files
+
+
+def write_hub_dataset(frame: pl.DataFrame, folder: Path, kind: str, summary: RunSummary) -> dict[str, int]:
+    """One dataset in Hub layout (see :func:`write_dataset_folder`); returns rows per split.
+
+    Both splits are always written (an empty one keeps the schema) so ``datasets`` always sees
+    ``train`` and ``validation``."""
+    parts = {split: to_output(frame.filter(pl.col(SPLIT_COLUMN) == split)) for split in ("train", "validation")}
+    counts = {split: part.height for split, part in parts.items()}
+    fields = summary.model_dump(mode="json")
+    write_dataset_folder(folder, parts, lambda files: render_dataset_card(kind, fields, counts, data_files=files))
     return counts
 
 

@@ -1,23 +1,36 @@
-"""Publish the output datasets to the Hugging Face Hub: validate, plan, push.
+"""Publish the output datasets to the Hugging Face Hub: validate, plan, push, tag.
 
 1. :func:`validate_dataset_folder` checks one dataset folder (Hub layout) against its run
-   summary: the expected split files are there, no ``problem_id`` sits in two splits, the row
-   counts equal the summary's. It lists every problem it finds, never only the first.
-2. :func:`plan_publish` builds, per dataset, what would be uploaded: repo id, files with sizes,
-   rows per split, the regenerated card and commit message, and the validation result. A
-   dataset without a repo id is listed as skipped and is never pushed.
-3. :func:`push` refuses a plan with any problem, then, per dataset, creates the dataset repo
-   and uploads the folder in ONE commit whose message carries the run summary.
+   summary: the expected split files are there, each shard's name carries its content's
+   fingerprint, no ``problem_id`` sits in two splits, the row counts equal the summary's. It
+   lists every problem it finds, never only the first.
+2. :func:`plan_publish` builds, per dataset repo, what would be uploaded: repo id, files with
+   sizes, rows per split, the regenerated card, the analysis plots (only when the analysis is
+   this run's, see :func:`analysis_problems`), the commit message and the validation result. A
+   dataset without a repo id is listed as skipped and is never pushed. With ``single_repo``
+   the datasets become configs of one repo.
+3. :func:`push` refuses a plan with any problem, then, per repo, creates the dataset repo,
+   makes ONE commit (``create_commit``: the planned files added, the repo's older data files and
+   plots deleted) and tags it (``create_tag``), so every publish stays loadable with
+   ``revision=<tag>``.
+
+The analyze flow calls :func:`attach_analysis` to put the plots and the correlation table into
+the local dataset folders and cards, so a folder looks like the repo it becomes.
 
 No function here prints or logs the token; Hub failures become one clear
-:class:`PublishError` (a :class:`UserError`) without the token.
+:class:`PublishError` (a :class:`UserError`) without the token. Every request to the Hub has
+a timeout (:data:`HUB_TIMEOUT_S`): a Hub that accepts a connection and never answers ends in
+an error, not a hang.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +39,18 @@ import polars as pl
 import pyarrow.parquet as pq
 from pydantic import SecretStr
 
-from kernelbook_lib import __version__
-from kernelbook_lib.cards import DECLARED_COLUMNS, EXPECTED_SPLITS, KINDS, public_source, render_dataset_card
+from kernelbook_lib import __version__, export
+from kernelbook_lib.cards import (
+    DECLARED_COLUMNS,
+    EXPECTED_SPLITS,
+    KINDS,
+    CardPart,
+    public_source,
+    render_combined_card,
+    render_dataset_card,
+)
 from kernelbook_lib.errors import UserError
-from kernelbook_lib.export import write_text
+from kernelbook_lib.export import atomic_path, write_text
 
 #: Which summary describes each dataset, relative to the output folder.
 SUMMARY_FILES: dict[str, str] = {
@@ -39,17 +60,26 @@ SUMMARY_FILES: dict[str, str] = {
 }
 #: The analyze flow's result, relative to the output folder (optional).
 ANALYSIS_FILE = Path("analysis") / "analysis.json"
+#: How each plot is introduced in a card (the analysis report's captions).
+PLOT_CAPTIONS = {
+    "correlation_analysis.png": "Correlations: scatter plots, reward by score, mean-reward heatmap",
+    "joint_distribution.png": "Joint distribution of difficulty and style, coloured by reward",
+    "reward_distribution.png": "Distribution of reward",
+}
 #: The settings variable that names each dataset's repo.
 REPO_VARIABLES: dict[str, str] = {
     "filtered": "HF_FILTERED_REPO",
     "unique": "HF_UNIQUE_REPO",
     "synthetic": "HF_SYNTHETIC_REPO",
 }
-#: Remote files the push replaces: stale shards of an earlier upload must not survive next to
-#: the new ones (the card's ``data/{split}-*`` patterns would load them too).
-REMOTE_DATA_PATTERN = "data/*"
-
-_SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
+#: Remote files a push replaces (deleted in the same commit unless sent again): a repo holds
+#: exactly one publish's data and plots, like a local dataset folder holds one run's.
+REMOTE_REPLACED = ("data/*", "images/*")
+#: The same for a single repo holding the datasets as configs (``kind/data/...``).
+REMOTE_REPLACED_SINGLE = ("data/*", "images/*", *(f"{kind}/*" for kind in KINDS))
+#: Seconds a request to the Hub may wait to connect, for the pool, or between two reads or
+#: writes (not the whole transfer: a large upload that keeps moving never times out).
+HUB_TIMEOUT_S = 60.0
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 _LEAK_EXAMPLES = 5
 
@@ -77,6 +107,7 @@ class FolderReport:
     columns: dict[str, pl.DataType]  # the data's columns and types (all files agree when ok)
     data_files: tuple[str, ...]  # the split files, relative to the folder, posix style
     problems: tuple[str, ...]
+    split_files: dict[str, list[str]] = field(default_factory=dict)  # the same files by split
 
     @property
     def ok(self) -> bool:
@@ -89,9 +120,12 @@ def _split_files(folder: Path, kind: str, problems: list[str]) -> dict[str, list
     shards: dict[str, list[tuple[int, int, Path]]] = {}
     for path in sorted(folder.rglob("*.parquet")):
         relative = path.relative_to(folder).as_posix()
-        match = _SHARD.match(path.name)
+        match = export.SHARD_NAME.match(path.name)
         if path.parent != folder / "data" or match is None:
-            problems.append(f"unexpected data file {relative} (expected data/<split>-NNNNN-of-NNNNN.parquet)")
+            problems.append(f"unexpected data file {relative} (expected data/<split>-NNNNN-of-NNNNN-<fingerprint>.parquet)")
+        elif export.file_sha256(path)[: export.FINGERPRINT_CHARS] != match["fingerprint"]:
+            # The name is what datasets' cache and the card key on: it must follow the content.
+            problems.append(f"{relative} does not hold the content its name's fingerprint says (edited by hand?); run its flow again")
         elif match["split"] not in expected:
             problems.append(f"unexpected split {match['split']!r} ({relative}); {kind} has splits {list(expected)}")
         else:
@@ -132,6 +166,7 @@ def validate_dataset_folder(path: str | Path, kind: str, summary: Mapping[str, A
     split_bytes: dict[str, int] = {}
     columns: dict[str, pl.DataType] = {}
     data_files: list[str] = []
+    split_files: dict[str, list[str]] = {}
     if not folder.is_dir():
         problems.append(f"{folder} does not exist; run the flow that writes it first")
         return FolderReport(folder, kind, rows, split_bytes, columns, (), tuple(problems))
@@ -152,6 +187,7 @@ def validate_dataset_folder(path: str | Path, kind: str, summary: Mapping[str, A
                 problems.append(f"cannot read {relative}: {exc}")
                 continue
             data_files.append(relative)
+            split_files.setdefault(split, []).append(relative)
             rows[split] = rows.get(split, 0) + n
             split_bytes[split] = split_bytes.get(split, 0) + nbytes
             if not columns:
@@ -187,7 +223,118 @@ def validate_dataset_folder(path: str | Path, kind: str, summary: Mapping[str, A
             if found != expected:
                 problems.append(f"split {split!r} has {found} rows but {summary_file} says {expected}")
 
-    return FolderReport(folder, kind, rows, split_bytes, columns, tuple(data_files), tuple(problems))
+    return FolderReport(folder, kind, rows, split_bytes, columns, tuple(data_files), tuple(problems), split_files)
+
+
+# --- the analysis: this run's, or none -----------------------------------------------------
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: {what}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    return data
+
+
+def load_analysis(input_dir: str | Path) -> dict | None:
+    """``OUT/analysis/analysis.json`` when the analyze flow has run, else None."""
+    path = Path(input_dir) / ANALYSIS_FILE
+    return _read_json(path, "run the analyze flow first") if path.exists() else None
+
+
+def run_identity(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Which curate run a summary describes (``run_summary.json`` is removed when a run starts
+    and written when it ends, so these times name one finished run)."""
+    return {key: summary.get(key) for key in ("pipeline", "started_at", "finished_at")}
+
+
+def analysis_identity(input_dir: str | Path) -> dict[str, Any]:
+    """What an analysis of ``input_dir`` is about, recorded in ``analysis.json``: the curate run
+    and the exact ``filtered`` shards (their names carry their content's fingerprint)."""
+    root = Path(input_dir)
+    summary_path = root / SUMMARY_FILES["filtered"]
+    summary = _read_json(summary_path, "run curate first") if summary_path.exists() else {}
+    return {"run": run_identity(summary), "data_files": export.dataset_files(root / "filtered")}
+
+
+def plot_digests(paths: list[str] | list[Path]) -> dict[str, str]:
+    """``{file name: sha256}`` of the plots, recorded in ``analysis.json``."""
+    return {Path(p).name: export.file_sha256(Path(p)) for p in paths}
+
+
+def analysis_problems(analysis: Mapping[str, Any], input_dir: Path, summary: Mapping[str, Any]) -> list[str]:
+    """Why ``analysis`` must not go into this run's cards (empty when it may): it analysed
+    another run or other files, or a plot beside it is not the one it drew."""
+    where = ANALYSIS_FILE.as_posix()
+    rerun = "re-run the analyze flow (or remove the stale analysis)"
+    if "run" not in analysis or "data_files" not in analysis:
+        return [f"{where} does not say which run it analysed (written by an older version); {rerun}"]
+    if analysis["run"] != run_identity(summary):
+        return [f"{where} analysed the run finished at {analysis['run'].get('finished_at')}, not this "
+                f"run (finished at {summary.get('finished_at')}); {rerun}"]
+    if analysis["data_files"] != export.dataset_files(Path(input_dir) / "filtered"):
+        return [f"{where} analysed other filtered files than those in the folder; {rerun}"]
+    problems = []
+    folder = (Path(input_dir) / ANALYSIS_FILE).parent
+    for name, digest in (analysis.get("plots") or {}).items():
+        path = folder / name
+        if not path.is_file() or export.file_sha256(path) != digest:
+            problems.append(f"{(ANALYSIS_FILE.parent / name).as_posix()} is not the plot this analysis drew; {rerun}")
+    return problems
+
+
+def analysis_images(input_dir: Path, analysis: Mapping[str, Any] | None) -> list[tuple[Path, str, str]]:
+    """The plots to publish as ``(local file, path in the repo, caption)``."""
+    folder = (Path(input_dir) / ANALYSIS_FILE).parent
+    return [
+        (folder / name, f"{export.IMAGES_DIR}/{name}", PLOT_CAPTIONS.get(name, name))
+        for name in sorted((analysis or {}).get("plots") or {})
+    ]
+
+
+def _mirror_images(folder: Path, images: list[tuple[Path, str, str]]) -> None:
+    """Make ``folder/images`` hold exactly ``images`` (older plots removed)."""
+    target = folder / export.IMAGES_DIR
+    wanted = {Path(in_repo).name for _, in_repo, _ in images}
+    if target.is_dir():
+        for old in target.iterdir():
+            if old.name not in wanted:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+    for source, in_repo, _ in images:
+        if not (folder / in_repo).is_file() or export.file_sha256(folder / in_repo) != export.file_sha256(source):
+            with atomic_path(folder / in_repo) as tmp:
+                shutil.copyfile(source, tmp)
+
+
+def attach_analysis(input_dir: str | Path) -> list[Path]:
+    """Put the analysis into the local ``filtered`` and ``unique`` folders: the plots into
+    ``images/`` and a card with the correlation table and the plots. Refuses (UserError) an
+    analysis that is not this run's. Returns the folders updated."""
+    root = Path(input_dir)
+    analysis = load_analysis(root)
+    if analysis is None:
+        raise UserError(f"{root / ANALYSIS_FILE} not found: run the analyze flow first")
+    summary = _read_json(root / SUMMARY_FILES["filtered"], "run curate first")
+    problems = analysis_problems(analysis, root, summary)
+    images = analysis_images(root, analysis)
+    updated = []
+    for kind in ("filtered", "unique"):
+        report = validate_dataset_folder(root / kind, kind, summary)
+        if problems or not report.ok:
+            raise UserError(f"not adding the analysis to {root / kind}: " + "; ".join([*problems, *report.problems]))
+        card = render_dataset_card(
+            kind, summary, report.rows, analysis, data_files=report.split_files, columns=report.columns,
+            images=[(in_repo, caption) for _, in_repo, caption in images],
+        )
+        _mirror_images(report.path, images)
+        write_text(report.path / export.CARD_FILE, card)
+        updated.append(report.path)
+    return updated
 
 
 # --- plan ----------------------------------------------------------------------------------
@@ -197,22 +344,28 @@ def validate_dataset_folder(path: str | Path, kind: str, summary: Mapping[str, A
 class PlannedFile:
     path_in_repo: str
     size: int  # bytes
+    source: Path | None = None  # the local file sent; None for the card (sent from the plan)
 
 
 @dataclass(frozen=True)
 class PublishPlanItem:
-    """One dataset of the plan: where it goes, what is sent, and whether it may be sent."""
+    """One repo of the plan: where it goes, what is sent, and whether it may be sent.
+
+    ``kind`` is a dataset kind, or ``filtered+unique+...`` for a single repo holding several."""
 
     kind: str
-    folder: Path
+    folder: Path  # the dataset folder (the output folder for a single repo)
     repo_id: str | None  # None: skipped, never pushed
     skipped_reason: str | None = None
     files: tuple[PlannedFile, ...] = ()
     rows: dict[str, int] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
-    card: str | None = None  # the regenerated README.md, written into the folder by push()
+    card: str | None = None  # the regenerated README.md (written into the folder by push())
     commit_message: str | None = None
     commit_description: str | None = None
+    replaced: tuple[str, ...] = REMOTE_REPLACED  # remote files deleted unless sent again
+    tag_prefix: str | None = None  # the tag is ``{tag_prefix}-{first 8 hex digits of the commit}``
+    mirror_local: bool = True  # push() writes the card and plots into ``folder`` too
 
     @property
     def skipped(self) -> bool:
@@ -233,25 +386,16 @@ class PublishPlanItem:
             "rows": dict(self.rows),
             "problems": list(self.problems),
             "commit_message": self.commit_message,
+            "tag": f"{self.tag_prefix}-<commit>" if self.tag_prefix else None,
         }
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path} not found: {what}") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} does not hold a JSON object")
-    return data
-
-
-def load_analysis(input_dir: str | Path) -> dict | None:
-    """``OUT/analysis/analysis.json`` when the analyze flow has run, else None."""
-    path = Path(input_dir) / ANALYSIS_FILE
-    return _read_json(path, "run the analyze flow first") if path.exists() else None
+def tag_prefix(summary: Mapping[str, Any]) -> str:
+    """``curate-2026-11-30``: the pipeline and the day its run finished. push() appends the
+    commit's first 8 hex digits, so a second publish the same day gets its own tag."""
+    pipeline = re.sub(r"[^A-Za-z0-9_-]+", "-", str(summary.get("pipeline") or "publish"))
+    day = str(summary.get("finished_at") or "")[:10]
+    return f"{pipeline}-{day}" if re.fullmatch(r"\d{4}-\d{2}-\d{2}", day) else pipeline
 
 
 def commit_text(kind: str, summary: Mapping[str, Any], rows: Mapping[str, int]) -> tuple[str, str]:
@@ -273,32 +417,136 @@ def commit_text(kind: str, summary: Mapping[str, Any], rows: Mapping[str, int]) 
     return message, "\n".join(lines)
 
 
-def _stale_analysis(analysis: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str]:
-    """The analysis covers the whole filtered dataset; a different row count means it belongs
-    to another run, and its correlations must not go into this run's card."""
-    filtered = (summary.get("datasets") or {}).get("filtered") or {}
-    expected = sum(filtered.values()) if filtered else None
-    if expected is not None and analysis.get("n") != expected:
-        return [
-            f"{ANALYSIS_FILE.as_posix()} covers {analysis.get('n')} rows but this run's filtered dataset "
-            f"has {expected}; re-run the analyze flow (or remove the stale analysis)"
-        ]
-    return []
-
-
 def _repo_problem(repo_id: str) -> str | None:
     if not _REPO_ID.match(repo_id) or ".." in repo_id or repo_id.endswith((".git", ".")):
         return f"{repo_id!r} is not a valid Hub repo id (expected owner/name)"
     return None
 
 
-def plan_publish(input_dir: str | Path, repos: Mapping[str, str | None]) -> list[PublishPlanItem]:
-    """What :func:`push` would upload from ``input_dir``, per dataset kind.
+@dataclass
+class _Dataset:
+    """One dataset folder checked for publishing (what both layouts need)."""
+
+    kind: str
+    folder: Path
+    summary: dict
+    report: FolderReport | None
+    problems: list[str]
+    analysis: dict | None = None
+    images: list[tuple[Path, str, str]] = field(default_factory=list)
+
+
+def _check_dataset(root: Path, kind: str, analysis: dict | None) -> _Dataset:
+    folder = root / kind
+    try:
+        summary = _read_json(root / SUMMARY_FILES[kind], f"the {kind} dataset has no summary; run its flow first")
+    except UserError as exc:
+        return _Dataset(kind, folder, {}, None, [str(exc)])
+    report = validate_dataset_folder(folder, kind, summary)
+    problems = list(report.problems)
+    images: list[tuple[Path, str, str]] = []
+    if kind == "synthetic" or analysis is None:
+        analysis = None
+    else:
+        problems += analysis_problems(analysis, root, summary)
+        images = analysis_images(root, analysis)
+    return _Dataset(kind, folder, summary, report, problems, analysis, images)
+
+
+def _data_file(folder: Path, relative: str, in_repo: str) -> PlannedFile:
+    return PlannedFile(in_repo, (folder / relative).stat().st_size, folder / relative)
+
+
+def _image_files(images: list[tuple[Path, str, str]]) -> list[PlannedFile]:
+    return [PlannedFile(in_repo, source.stat().st_size, source) for source, in_repo, _ in images]
+
+
+def _plan_separate(root: Path, kind: str, repo_id: str, analysis: dict | None, seen: dict[str, str]) -> PublishPlanItem:
+    problems: list[str] = []
+    if (problem := _repo_problem(repo_id)) is not None:
+        problems.append(problem)
+    if repo_id in seen:
+        problems.append(f"{repo_id} is also the {seen[repo_id]} repo; each dataset needs its own repo (or use --single-repo)")
+    seen.setdefault(repo_id, kind)
+    dataset = _check_dataset(root, kind, analysis)
+    problems += dataset.problems
+    report = dataset.report
+    card = message = description = None
+    files: tuple[PlannedFile, ...] = ()
+    if report is not None and not problems:
+        try:
+            card = render_dataset_card(
+                kind, dataset.summary, report.rows, dataset.analysis, repo_id,
+                data_files=report.split_files, split_bytes=report.split_bytes, columns=report.columns,
+                images=[(in_repo, caption) for _, in_repo, caption in dataset.images],
+            )
+        except UserError as exc:
+            problems.append(str(exc))
+        else:
+            message, description = commit_text(kind, dataset.summary, report.rows)
+            files = (
+                PlannedFile(export.CARD_FILE, len(card.encode("utf-8"))),
+                *_image_files(dataset.images),
+                *(_data_file(dataset.folder, rel, rel) for rel in report.data_files),
+            )
+    return PublishPlanItem(
+        kind, dataset.folder, repo_id, files=files, rows=dict(report.rows) if report else {}, problems=tuple(problems),
+        card=card, commit_message=message, commit_description=description,
+        tag_prefix=tag_prefix(dataset.summary) if dataset.summary else None,
+    )
+
+
+def _plan_single(root: Path, repo_id: str, analysis: dict | None) -> PublishPlanItem:
+    """filtered, unique and (when generated) synthetic as configs of one repo, under ``kind/``."""
+    problems: list[str] = []
+    if (problem := _repo_problem(repo_id)) is not None:
+        problems.append(problem)
+    kinds = [k for k in KINDS if k != "synthetic" or (root / SUMMARY_FILES[k]).exists()]
+    datasets = [_check_dataset(root, kind, analysis) for kind in kinds]
+    problems += [f"{d.kind}: {p}" for d in datasets for p in d.problems]
+    rows = {f"{d.kind}/{split}": n for d in datasets if d.report for split, n in d.report.rows.items()}
+    kind = "+".join(kinds)
+    card = message = description = None
+    files: list[PlannedFile] = []
+    if not problems:
+        images = next((d.images for d in datasets if d.images), [])
+        parts = [
+            CardPart(
+                d.kind, d.summary, d.report.rows, {s: [f"{d.kind}/{f}" for f in fs] for s, fs in d.report.split_files.items()},
+                d.report.split_bytes, d.report.columns, d.analysis if d.kind == "filtered" else None,
+                [(in_repo, caption) for _, in_repo, caption in images] if d.kind == "filtered" else (),
+            )
+            for d in datasets
+            if d.report is not None
+        ]
+        try:
+            card = render_combined_card(repo_id, parts)
+        except UserError as exc:
+            problems.append(str(exc))
+        else:
+            texts = [commit_text(d.kind, d.summary, d.report.rows) for d in datasets if d.report]
+            message = "Publish " + "; ".join(m.removeprefix("Publish ") for m, _ in texts)
+            description = "\n\n".join(f"{d.kind}:\n{text}" for d, (_, text) in zip(datasets, texts))
+            files = [PlannedFile(export.CARD_FILE, len(card.encode("utf-8"))), *_image_files(images)]
+            for d in datasets:
+                files += [_data_file(d.folder, rel, f"{d.kind}/{rel}") for rel in d.report.data_files]
+    filtered_summary = datasets[0].summary
+    return PublishPlanItem(
+        kind, root, repo_id, files=tuple(files), rows=rows, problems=tuple(problems), card=card,
+        commit_message=message, commit_description=description, replaced=REMOTE_REPLACED_SINGLE,
+        tag_prefix=tag_prefix(filtered_summary) if filtered_summary else None, mirror_local=False,
+    )
+
+
+def plan_publish(input_dir: str | Path, repos: Mapping[str, str | None], single_repo: str | None = None) -> list[PublishPlanItem]:
+    """What :func:`push` would upload from ``input_dir``.
 
     ``repos`` maps ``filtered``/``unique``/``synthetic`` to a repo id or None; a kind without
     a repo id is listed as skipped. For each named dataset: the folder is validated against its
-    summary, the card is regenerated (with the analysis when ``analysis/analysis.json``
-    exists, and the repo id), and the files and sizes to send are listed.
+    summary, the card is regenerated (with the analysis and its plots when
+    ``analysis/analysis.json`` is this run's, and the repo id), and the files and sizes to send
+    are listed. ``single_repo``: one item instead, every dataset as a config of that repo
+    (``repos`` must then name none).
     """
     unknown = set(repos) - set(KINDS)
     if unknown:
@@ -307,57 +555,25 @@ def plan_publish(input_dir: str | Path, repos: Mapping[str, str | None]) -> list
     if not root.is_dir():
         raise UserError(f"--input {root} is not a folder; run the curate flow first")
     analysis = load_analysis(root)
+    if single_repo:
+        named = [f"--{kind}-repo" for kind, repo in repos.items() if repo]
+        if named:
+            raise UserError(f"--single-repo puts every dataset in one repo; do not also pass {', '.join(named)}")
+        return [_plan_single(root, single_repo, analysis)]
     items: list[PublishPlanItem] = []
     seen: dict[str, str] = {}
     for kind in KINDS:
-        folder = root / kind
         repo_id = repos.get(kind)
         if not repo_id:
             reason = f"no repo id (pass --{kind}-repo or set {REPO_VARIABLES[kind]})"
-            items.append(PublishPlanItem(kind, folder, None, skipped_reason=reason))
+            items.append(PublishPlanItem(kind, root / kind, None, skipped_reason=reason))
             continue
-        problems: list[str] = []
-        if (problem := _repo_problem(repo_id)) is not None:
-            problems.append(problem)
-        if repo_id in seen:
-            problems.append(f"{repo_id} is also the {seen[repo_id]} repo; each dataset needs its own repo")
-        seen.setdefault(repo_id, kind)
-        try:
-            summary = _read_json(root / SUMMARY_FILES[kind], f"the {kind} dataset has no summary; run its flow first")
-        except UserError as exc:
-            items.append(PublishPlanItem(kind, folder, repo_id, problems=(*problems, str(exc))))
-            continue
-        report = validate_dataset_folder(folder, kind, summary)
-        problems += report.problems
-        if kind != "synthetic" and analysis is not None:
-            problems += _stale_analysis(analysis, summary)
-        card = message = description = None
-        files: tuple[PlannedFile, ...] = ()
-        if report.ok:
-            try:
-                card = render_dataset_card(
-                    kind, summary, report.rows, analysis if kind != "synthetic" else None, repo_id,
-                    split_bytes=report.split_bytes, columns=report.columns,
-                )
-            except UserError as exc:
-                problems.append(str(exc))
-            else:
-                message, description = commit_text(kind, summary, report.rows)
-                files = (
-                    PlannedFile("README.md", len(card.encode("utf-8"))),
-                    *(PlannedFile(rel, (folder / rel).stat().st_size) for rel in report.data_files),
-                )
-        items.append(
-            PublishPlanItem(
-                kind, folder, repo_id, files=files, rows=dict(report.rows), problems=tuple(problems),
-                card=card, commit_message=message, commit_description=description,
-            )
-        )
+        items.append(_plan_separate(root, kind, repo_id, analysis, seen))
     return items
 
 
 def format_plan(plan: list[PublishPlanItem], *, dry_run: bool = True) -> str:
-    """The plan as text for the terminal: per dataset the repo, rows, files and sizes."""
+    """The plan as text for the terminal: per repo the rows, files and sizes, commit and tag."""
     head = "Publish plan (dry run: nothing is uploaded; add --push to upload)" if dry_run else "Publish plan"
     lines = [head]
     for item in plan:
@@ -372,8 +588,11 @@ def format_plan(plan: list[PublishPlanItem], *, dry_run: bool = True) -> str:
             total = sum(f.size for f in item.files)
             lines.append(f"    files ({len(item.files)}, {total:,} bytes, one commit):")
             lines += [f"      {f.path_in_repo}  {f.size:,} bytes" for f in item.files]
+            lines.append(f"    replaces remote: {', '.join(item.replaced)} (older files there are deleted in the same commit)")
         if item.commit_message:
             lines.append(f"    commit: {item.commit_message}")
+        if item.tag_prefix and item.ok:
+            lines.append(f"    tag: {item.tag_prefix}-<first 8 hex digits of the commit>")
         lines += [f"    problem: {p}" for p in item.problems]
     return "\n".join(lines)
 
@@ -383,7 +602,7 @@ def check_publishable(plan: list[PublishPlanItem]) -> list[PublishPlanItem]:
     to_push = [item for item in plan if not item.skipped]
     if not to_push:
         names = ", ".join(f"--{k}-repo/{v}" for k, v in REPO_VARIABLES.items())
-        raise PublishError(f"nothing to publish: no repo id given ({names})")
+        raise PublishError(f"nothing to publish: no repo id given ({names}, or --single-repo)")
     refusals = [f"{item.kind}: {p}" for item in to_push for p in item.problems]
     if refusals:
         raise PublishError("refusing to publish; fix these first: " + "; ".join(refusals))
@@ -399,56 +618,145 @@ class PushResult:
     repo_id: str
     commit_url: str
     commit_oid: str
+    tag: str
     files: tuple[str, ...]
+    deleted: tuple[str, ...]
     private: bool
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind, "repo_id": self.repo_id, "commit_url": self.commit_url,
-            "commit_oid": self.commit_oid, "files": list(self.files), "private": self.private,
+            "commit_oid": self.commit_oid, "tag": self.tag, "files": list(self.files),
+            "deleted": list(self.deleted), "private": self.private,
         }
 
 
-def _hub_error(exc: Exception, item: PublishPlanItem, endpoint: str, secret: str) -> PublishError:
-    """One clear message for a Hub failure (never the token, never a traceback)."""
+NO_TOKEN_MESSAGE = (
+    "no Hugging Face token found: set HF_TOKEN (environment or .env) to a token with write access, "
+    "or log in once with `hf auth login`"
+)
+
+
+def find_token(configured: SecretStr | None) -> SecretStr | None:
+    """The token to publish with: HF_TOKEN from the settings (environment or .env), else what
+    ``huggingface_hub.get_token()`` finds (HF_TOKEN, or the token saved by ``hf auth login``)."""
+    if configured is not None and configured.get_secret_value().strip():
+        return configured
+    from huggingface_hub import get_token
+
+    saved = get_token()
+    return SecretStr(saved) if saved and saved.strip() else None
+
+
+@contextmanager
+def hub_timeout(seconds: float) -> Iterator[None]:
+    """Every request huggingface_hub makes inside the block times out after ``seconds`` without
+    progress (its default client has no timeout at all). The default client comes back after."""
+    import httpx2
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils._http import default_client_factory  # keeps the offline check and request ids
+
+    def with_timeout() -> httpx2.Client:
+        client = default_client_factory()
+        client.timeout = httpx2.Timeout(seconds)
+        return client
+
+    set_client_factory(with_timeout)
+    try:
+        yield
+    finally:
+        set_client_factory(default_client_factory)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _hub_error(exc: Exception, where: str, endpoint: str, secret: str, timeout: float) -> PublishError:
+    """One clear message for a Hub failure (never the token, never a traceback). The upload
+    helpers wrap HTTP errors in their own, so the whole chain of causes is read."""
     import httpx2  # huggingface_hub's HTTP client
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    where = f"publishing {item.kind} to {item.repo_id}"
     transient = False
-    if isinstance(exc, OfflineModeIsEnabled):
-        message = f"{where}: Hugging Face offline mode is on (HF_HUB_OFFLINE); unset it to publish"
-    elif isinstance(exc, HfHubHTTPError) and exc.response is not None:
-        status = exc.response.status_code
-        server = (exc.server_message or "").strip().splitlines()
-        detail = f": {server[0]}" if server else ""
-        if status == 401:
-            message = f"{where}: the Hub rejected HF_TOKEN (HTTP 401 Unauthorized{detail}); check that the token is valid"
-        elif status == 403:
-            message = f"{where}: HF_TOKEN may not write there (HTTP 403 Forbidden{detail}); use a token with write access to that namespace"
-        elif status >= 500:
+    for cause in _causes(exc):
+        if isinstance(cause, OfflineModeIsEnabled):
+            message = f"{where}: Hugging Face offline mode is on (HF_HUB_OFFLINE); unset it to publish"
+            break
+        if isinstance(cause, HfHubHTTPError) and cause.response is not None:
+            status = cause.response.status_code
+            server = (cause.server_message or "").strip().splitlines()
+            detail = f": {server[0]}" if server else ""
+            if status == 401:
+                message = f"{where}: the Hub rejected the token (HTTP 401 Unauthorized{detail}); check HF_TOKEN or log in again with `hf auth login`"
+            elif status == 403:
+                message = f"{where}: the token may not write there (HTTP 403 Forbidden{detail}); use a HF_TOKEN with write access to that namespace"
+            elif status >= 500:
+                transient = True
+                message = f"{where}: the Hub failed (HTTP {status}{detail}); try again later"
+            else:
+                message = f"{where}: the Hub refused (HTTP {status}{detail})"
+            break
+        if isinstance(cause, httpx2.TimeoutException):
             transient = True
-            message = f"{where}: the Hub failed (HTTP {status}{detail}); try again later"
-        else:
-            message = f"{where}: the Hub refused (HTTP {status}{detail})"
-    elif isinstance(exc, httpx2.TransportError):
-        transient = True
-        message = f"{where}: cannot reach the Hugging Face Hub at {endpoint} ({type(exc).__name__}); check the network or HF_ENDPOINT"
+            message = f"{where}: the Hugging Face Hub at {endpoint} did not answer within {timeout:g} s ({type(cause).__name__}); try again later"
+            break
+        if isinstance(cause, httpx2.TransportError):
+            transient = True
+            message = f"{where}: cannot reach the Hugging Face Hub at {endpoint} ({type(cause).__name__}); check the network or HF_ENDPOINT"
+            break
+        if isinstance(cause, ConnectionError) and "xet" in str(cause).lower():  # hf_xet's own errors
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            message = (f"{where}: the upload to the Hub's Xet storage failed ({first}); if {endpoint} has no Xet "
+                       "storage, set HF_HUB_DISABLE_XET=1 to upload through LFS")
+            break
     else:
         raise exc
     return PublishError(message.replace(secret, "***"), transient=transient)
 
 
-def _push_one(api, item: PublishPlanItem, private: bool, secret: str) -> PushResult:
+def _check_unchanged(item: PublishPlanItem) -> None:
+    """The files must still be what was planned (a curate run in between would change them)."""
+    for planned in item.files:
+        if planned.source is not None and (not planned.source.is_file() or planned.source.stat().st_size != planned.size):
+            raise PublishError(f"{planned.source} changed since the plan was made; run publish again")
+
+
+def _operations(api, item: PublishPlanItem) -> tuple[list, list[str]]:
+    """The commit's operations: every planned file added, and every remote file under the
+    replaced paths that is not sent again deleted (older shards, older plots)."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    adds = [
+        CommitOperationAdd(f.path_in_repo, str(f.source) if f.source is not None else item.card.encode("utf-8"))
+        for f in item.files
+    ]
+    sent = {f.path_in_repo for f in item.files}
+    remote = api.list_repo_files(item.repo_id, repo_type="dataset")
+    stale = sorted(
+        path for path in remote
+        if path not in sent and path != ".gitattributes" and any(fnmatch.fnmatch(path, p) for p in item.replaced)
+    )
+    return [*(CommitOperationDelete(path) for path in stale), *adds], stale
+
+
+def _mirror_locally(item: PublishPlanItem) -> None:
+    """The published card carries the repo id and the analysis: keep the local folder the same."""
+    write_text(item.folder / export.CARD_FILE, item.card)
+    images = [(f.source, f.path_in_repo, "") for f in item.files if f.path_in_repo.startswith(f"{export.IMAGES_DIR}/")]
+    _mirror_images(item.folder, images)
+
+
+def _push_one(api, item: PublishPlanItem, private: bool, secret: str, timeout: float) -> PushResult:
     assert item.card is not None and item.commit_message is not None and item.repo_id is not None
     if any(secret in text for text in (item.card, item.commit_message, item.commit_description or "")):
         raise PublishError(f"refusing to publish {item.kind}: the HF token appears in its card or commit message")
-    # The folder must still be what was planned (a curate run in between would change it).
-    for planned in item.files[1:]:
-        path = item.folder / planned.path_in_repo
-        if not path.is_file() or path.stat().st_size != planned.size:
-            raise PublishError(f"{path} changed since the plan was made; run publish again")
-    paths = [f.path_in_repo for f in item.files]
+    _check_unchanged(item)
+    where = f"publishing {item.kind} to {item.repo_id}"
     try:
         api.create_repo(item.repo_id, repo_type="dataset", exist_ok=True, private=private)
         if private and not api.dataset_info(item.repo_id).private:
@@ -458,35 +766,50 @@ def _push_one(api, item: PublishPlanItem, private: bool, secret: str) -> PushRes
                 f"{item.repo_id} already exists and is public, but a private upload was asked for; "
                 "make the repo private on the Hub, or publish with --public"
             )
-        # The published card carries the repo id and the analysis: keep the local copy the same.
-        write_text(item.folder / "README.md", item.card)
-        commit = api.upload_folder(
-            folder_path=item.folder,
-            repo_id=item.repo_id,
-            repo_type="dataset",
+        operations, stale = _operations(api, item)
+        if item.mirror_local:
+            _mirror_locally(item)
+        commit = api.create_commit(
+            item.repo_id,
+            operations,
             commit_message=item.commit_message,
             commit_description=item.commit_description,
-            allow_patterns=paths,  # exactly the planned files, nothing else in the folder
-            delete_patterns=[REMOTE_DATA_PATTERN],
+            repo_type="dataset",
         )
     except UserError:
         raise
     except Exception as exc:
-        raise _hub_error(exc, item, api.endpoint, secret) from None
-    return PushResult(item.kind, item.repo_id, commit.commit_url, commit.oid, tuple(paths), private)
+        raise _hub_error(exc, where, api.endpoint, secret, timeout) from None
+    tag = f"{item.tag_prefix or 'publish'}-{commit.oid[:8]}"
+    try:
+        api.create_tag(item.repo_id, tag=tag, revision=commit.oid, repo_type="dataset", tag_message=item.commit_message)
+    except Exception as exc:
+        error = _hub_error(exc, f"{where}: committed {commit.commit_url} but could not tag it {tag}", api.endpoint, secret, timeout)
+        raise PublishError(f"{error}; tag it by hand or publish again", transient=False) from None
+    paths = tuple(f.path_in_repo for f in item.files)
+    return PushResult(item.kind, item.repo_id, commit.commit_url, commit.oid, tag, paths, tuple(stale), private)
 
 
-def push(plan: list[PublishPlanItem], token: SecretStr | None, private: bool, endpoint: str | None = None) -> list[PushResult]:
-    """Upload every named dataset of ``plan``: one dataset repo and ONE commit each.
+def push(
+    plan: list[PublishPlanItem],
+    token: SecretStr | None,
+    private: bool,
+    endpoint: str | None = None,
+    *,
+    timeout: float = HUB_TIMEOUT_S,
+) -> list[PushResult]:
+    """Upload every named repo of ``plan``: ONE commit each, then a tag on it.
 
-    Refuses (:class:`PublishError`) before any network call when the plan has a problem or the
-    token is missing. ``endpoint`` defaults to huggingface_hub's (``HF_ENDPOINT``).
+    Refuses (:class:`PublishError`) before any network call when the plan has a problem or
+    there is no token (see :func:`find_token`). ``endpoint`` defaults to huggingface_hub's
+    (``HF_ENDPOINT``). ``timeout``: seconds a request may make no progress.
     """
     to_push = check_publishable(plan)
     secret = token.get_secret_value().strip() if token is not None else ""
     if not secret:
-        raise PublishError("HF_TOKEN is not set: put a Hugging Face token with write access in HF_TOKEN (environment or .env) to publish")
+        raise PublishError(NO_TOKEN_MESSAGE)
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=endpoint, token=secret, library_name="kernelbook-curator", library_version=__version__)
-    return [_push_one(api, item, private, secret) for item in to_push]
+    with hub_timeout(timeout):
+        return [_push_one(api, item, private, secret, timeout) for item in to_push]

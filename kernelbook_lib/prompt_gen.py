@@ -38,7 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from kernelbook_lib import __version__, loading, schema
 from kernelbook_lib.cards import render_dataset_card
 from kernelbook_lib.errors import SchemaError, SourceUnavailableError, UserError
-from kernelbook_lib.export import atomic_folder, prepare_out_dir, write_jsonl, write_text
+from kernelbook_lib import export
+from kernelbook_lib.export import prepare_out_dir, write_jsonl, write_text
 from kernelbook_lib.ledger import StageReport, StageResult, empty_rejections, rejections
 from kernelbook_lib.llm import ledger_reason, LLMOutcome, LLMRequest, Purpose, register_purpose
 from kernelbook_lib.prompt_template import (
@@ -69,7 +70,7 @@ SPECIFICATION_SCHEMA_NAME = "specification"
 STAGES: tuple[str, ...] = ("load", "dedupe", "generate")
 PROMPTS_FILE = "synthetic_prompts.jsonl"
 DATASET_DIR = "synthetic"
-DATA_FILE = "data/train-00000-of-00001.parquet"
+DATA_FILE = "data/train-*.parquet"  # a glob: the shard's name carries its content fingerprint
 REJECTED_FILE = "synthetic_rejected.jsonl"
 SUMMARY_FILE = "synthetic_summary.json"
 
@@ -735,13 +736,10 @@ def to_output(frame: pl.DataFrame, provenance: tuple[str, ...] | list[str]) -> p
     return out.cast({c: t for c, t in PROMPT_SCHEMA.items()})  # type: ignore[arg-type]
 
 
-def write_dataset_folder(folder: Path, frame: pl.DataFrame, card: str) -> None:
-    """``folder`` in Hub layout (``data/train-00000-of-00001.parquet`` and ``README.md``), built
-    in a staging folder and swapped into place, so a half-written dataset never looks finished."""
-    with atomic_folder(folder) as staging:
-        (staging / DATA_FILE).parent.mkdir(parents=True)
-        frame.write_parquet(staging / DATA_FILE, compression="zstd", statistics=True)
-        (staging / "README.md").write_text(card, encoding="utf-8")
+def write_dataset_folder(folder: Path, frame: pl.DataFrame, render_card) -> export.DataFiles:
+    """``folder`` in Hub layout (a fingerprinted ``data/train-...parquet`` and the card
+    ``render_card(data_files)``), swapped into place whole (:func:`export.write_dataset_folder`)."""
+    return export.write_dataset_folder(folder, {"train": frame}, render_card)
 
 
 def write_outputs(out: str | os.PathLike, summary_fields: dict, frame: pl.DataFrame, rejected: pl.DataFrame) -> SyntheticSummary:
@@ -753,9 +751,9 @@ def write_outputs(out: str | os.PathLike, summary_fields: dict, frame: pl.DataFr
     fields = dict(summary_fields)
     output = to_output(frame, fields.get("provenance_columns") or [])
     summary = SyntheticSummary(**fields, datasets={"synthetic": {"train": output.height}}, finished_at=now_iso())
-    card = render_dataset_card("synthetic", summary.model_dump(mode="json"), {"train": output.height},
-                               columns=dict(output.schema))
-    write_dataset_folder(out_path / DATASET_DIR, output, card)
+    fields_json, columns = summary.model_dump(mode="json"), dict(output.schema)
+    write_dataset_folder(out_path / DATASET_DIR, output, lambda files: render_dataset_card(
+        "synthetic", fields_json, {"train": output.height}, data_files=files, columns=columns))
     write_jsonl(output, out_path / PROMPTS_FILE)
     write_jsonl(rejected.sort("source_index") if rejected.height else empty_rejections(), out_path / REJECTED_FILE)
     summary = summary.model_copy(update={"finished_at": now_iso()})

@@ -20,7 +20,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from kernelbook_lib import analysis, plots, report
+from kernelbook_lib import analysis, hub, plots, report
 from kernelbook_lib.errors import UserError
 from kernelbook_lib.export import write_text
 
@@ -76,6 +76,38 @@ def describe_judges(df: pl.DataFrame) -> dict:
     models = ", ".join(str(e["value"]) for e in info["judge_model"])
     get_run_logger().info(f"analysis: judged by {', '.join(str(e['value']) for e in info['judge'])} (model: {models})")
     return info
+
+
+@task(name="identify-judged-data", **ANALYSIS_TASK)
+def identify_judged(input: str) -> dict:
+    """Which run and which exact ``filtered`` files are analysed (listed before they are read, so
+    a run that replaces them meanwhile makes the analysis look stale, never current)."""
+    return hub.analysis_identity(input)
+
+
+@task(name="record-analysis", **ANALYSIS_TASK)
+def record_analysis(result: dict, identity: dict, plot_paths: list[str]) -> dict:
+    """The analysis with what it analysed and the SHA-256 of each plot it drew: the publisher
+    embeds a plot in a card only when both match (no plot of another run can slip in)."""
+    return {**result, **identity, "plots": hub.plot_digests(plot_paths)}
+
+
+@task(name="attach-analysis", **ANALYSIS_TASK)
+def attach_analysis(input: str, out_dir: str) -> list[str]:
+    """Put the plots and the correlation table into the local ``filtered``/``unique`` folders and
+    cards (they are what publish uploads). Only for an analysis in ``INPUT/analysis`` of a
+    finished curate run; otherwise the cards are left as they are and the log says why."""
+    logger = get_run_logger()
+    if Path(out_dir).resolve() != (Path(input) / DEFAULT_SUBDIR).resolve():
+        logger.info(f"analysis: not added to the dataset cards ({out_dir} is not {Path(input) / DEFAULT_SUBDIR}, where publish reads it)")
+        return []
+    try:
+        folders = hub.attach_analysis(input)
+    except UserError as exc:
+        logger.warning(f"analysis: not added to the dataset cards: {exc}")
+        return []
+    logger.info(f"analysis: added the plots and correlations to {', '.join(str(f) for f in folders)}")
+    return [str(f) for f in folders]
 
 
 @task(name="write-analysis-json", **ANALYSIS_TASK)

@@ -6,8 +6,10 @@ plan; and a cached push would skip an upload the user asked for. Results are not
 either (the plan carries the regenerated card; nothing here is worth storing).
 
 Only the push talks to the network, so only it retries, and only on transient failures (the
-Hub could not be reached or answered 5xx). A refusal, a missing token or a 401/403 is final.
-The token is read from the settings inside the push task: it is never a parameter or result.
+Hub could not be reached, did not answer in time, or answered 5xx). A refusal, a missing token,
+a 401/403, or a commit made but not tagged (a retry would commit again) is final. The token is
+found inside the push task (HF_TOKEN from the settings, else huggingface_hub's saved login): it
+is never a parameter or result.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ def resolve_repos(filtered_repo: str | None, unique_repo: str | None, synthetic_
 
 
 @task(name="plan-publish", **LOCAL_TASK)
-def plan_publish(input_dir: str, repos: dict[str, str | None]) -> list[hub.PublishPlanItem]:
-    return hub.plan_publish(input_dir, repos)
+def plan_publish(input_dir: str, repos: dict[str, str | None], single_repo: str | None = None) -> list[hub.PublishPlanItem]:
+    return hub.plan_publish(input_dir, repos, single_repo)
 
 
 @task(name="check-publishable", **LOCAL_TASK)
@@ -57,8 +59,8 @@ def check_publishable(plan: list[hub.PublishPlanItem]) -> list[hub.PublishPlanIt
 
 @task(name="push-dataset", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_if_transient, **LOCAL_TASK)
 def push_dataset(item: hub.PublishPlanItem, private: bool) -> dict:
-    """Create the dataset repo and upload the folder in one commit (token from the settings)."""
-    token = load_settings().hf_token
+    """Create the dataset repo, upload the planned files in one commit and tag it."""
+    token = hub.find_token(load_settings().hf_token)
     endpoint = os.environ.get("HF_ENDPOINT") or None  # read now: huggingface_hub reads it only at import
     [result] = hub.push([item], token, private, endpoint=endpoint)
     return result.as_dict()

@@ -50,7 +50,7 @@ def test_no_problem_in_both_splits_and_unique_agrees_with_filtered(sample_run):
     split_of = {}
     for name in ("filtered", "unique"):
         for split in ("train", "validation"):
-            frame = pl.read_parquet(out / name / "data" / f"{split}-00000-of-00001.parquet")
+            frame = pl.read_parquet(out / name / "data" / f"{split}-00000-of-00001-*.parquet")
             for problem in frame["problem_id"].unique():
                 assert split_of.setdefault(problem, split) == split, f"{problem} leaks across splits"
     unique = pl.read_parquet(out / "unique" / "data" / "*.parquet")
@@ -121,3 +121,43 @@ def test_first_run_on_a_fresh_prefect_home_is_clean(tmp_path):
     assert proc.returncode == 0, output
     assert "Traceback" not in output and "ERROR" not in output, output
     assert (tmp_path / "out" / "run_summary.json").is_file()
+
+
+def test_the_dataset_cards_show_this_runs_analysis(sample_run):
+    """curate runs the analysis at the end; its plots go into each dataset folder and card,
+    byte for byte those the analysis recorded, and the folder is publishable as it is."""
+    from kernelbook_lib import hub
+
+    out, _ = sample_run
+    analysis = json.loads((out / "analysis" / "analysis.json").read_text())
+    assert analysis["run"] == hub.run_identity(json.loads((out / "run_summary.json").read_text()))
+    for name in ("filtered", "unique"):
+        folder = out / name
+        images = sorted((folder / "images").iterdir())
+        assert [p.name for p in images] == sorted(analysis["plots"])
+        for image in images:
+            assert image.read_bytes() == (out / "analysis" / image.name).read_bytes()
+            assert hub.plot_digests([image])[image.name] == analysis["plots"][image.name]
+        card = (folder / "README.md").read_text()
+        assert all(f"](images/{p.name})" in card for p in images)
+        assert "## Correlations of difficulty, style and reward" in card and f"n = {analysis['n']} judged rows" in card
+        assert "(built from the bundled synthetic sample, not real data; heuristic scores, no LLM judge)" in card
+    plan = hub.plan_publish(out, {"filtered": "me/f", "unique": "me/u"})
+    assert all(item.ok for item in plan if not item.skipped), [item.problems for item in plan]
+
+
+def test_a_rerun_without_analysis_carries_no_plot_of_the_earlier_run(sample_run, tmp_path):
+    import shutil
+
+    from kernelbook_lib import hub
+
+    out = tmp_path / "outputs"
+    shutil.copytree(sample_run[0], out)
+    result = CliRunner().invoke(app, ["curate", "--source", "sample", "--judge", "static", "--threshold", "0.5",
+                                      "--no-analysis", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("filtered", "unique"):
+        assert not (out / name / "images").exists() and "## Plots" not in (out / name / "README.md").read_text()
+    # The earlier analysis is still in analysis/, but it is not this run's: publishing refuses it.
+    [filtered, *_] = hub.plan_publish(out, {"filtered": "me/f"})
+    assert any("not this run" in p for p in filtered.problems), filtered.problems

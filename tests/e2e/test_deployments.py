@@ -29,6 +29,7 @@ import polars as pl
 import pytest
 import yaml
 
+from kernelbook_lib import export
 from tests.fixtures import fake_data
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,6 +262,7 @@ def test_reevaluate_curates_refreshes_the_analysis_and_publishes_when_asked(sour
 
     token = "hf_TEST-token-0123456789abcdefghijklmnopqrstu"
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the stand-in is on loopback
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # the stand-in speaks LFS, not Xet
     monkeypatch.setenv("HF_TOKEN", token)
     monkeypatch.setenv("HF_FILTERED_REPO", "me/kb-filtered")
     monkeypatch.setenv("HF_UNIQUE_REPO", "me/kb-unique")
@@ -282,7 +284,8 @@ def test_reevaluate_curates_refreshes_the_analysis_and_publishes_when_asked(sour
     assert "stale" not in (out / "analysis" / "report.md").read_text()
     assert (out / "analysis" / "analysis.json").is_file()
     # ...and what was pushed is what curate wrote.
-    assert pushed["data/train-00000-of-00001.parquet"] == (out / "unique" / "data" / "train-00000-of-00001.parquet").read_bytes()
+    [train] = export.dataset_files(out / "unique")["train"]
+    assert pushed[train] == (out / "unique" / train).read_bytes()
     assert token not in json.dumps(result)
 
 
