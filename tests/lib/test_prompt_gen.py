@@ -193,6 +193,14 @@ def test_template_states_what_it_cannot_read_instead_of_guessing():
     assert "does not give example inputs as literals" in text
 
 
+def test_template_reads_deeply_nested_code_without_exhausting_the_stack():
+    # 2,000 chained additions parse, but nest 2,000 levels deep: a recursive walk of the tree
+    # raised RecursionError, which no caller expects.
+    code = module("Deep", 1).replace("return torch.relu(x) * 1", "return " + " + ".join(["x"] * 2000))
+    text = template_specification(code, "Deep")
+    assert "- operators: `+`" in text and "`DeepNew`" in text
+
+
 def test_template_never_executes_the_code(tmp_path: Path):
     marker = tmp_path / "executed"
     code = (f"open({str(marker)!r}, 'w').write('x')\n" + module("Trap", 1)
