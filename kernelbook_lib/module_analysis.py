@@ -976,12 +976,16 @@ def check_module(python_code: str, module_name: str) -> None:
 # --- facts read from the tree ------------------------------------------------------------------
 
 
+#: How a default that is not a literal is stated: the expression itself is never copied.
+COMPUTED_DEFAULT = "<computed at construction>"
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
-    default: str | None = None  # source text of the default
+    default: str | None = None  # source text of a literal default, or COMPUTED_DEFAULT
     kind: str = "positional"  # positional, keyword-only, *args, **kwargs
-    annotation: str | None = None
+    annotation: str | None = None  # source text of a type-like annotation (others are left out)
 
     def signature_text(self) -> str:
         prefix = {"*args": "*", "**kwargs": "**"}.get(self.kind, "")
@@ -1031,18 +1035,53 @@ class ModuleFacts:
     inplace: list[str] = field(default_factory=list)
 
 
+# Expressions the text may quote: names, attributes, subscripts and literals (type annotations
+# such as ``Optional[torch.Tensor]`` or ``int | None``), and arithmetic on names and numbers
+# (shapes such as ``(heads, dim // heads)``). Anything else (a call, a lambda, a comprehension)
+# is code the text must not carry.
+_TYPE_LIKE_NODES = frozenset((ast.Name, ast.Attribute, ast.Subscript, ast.Tuple, ast.List, ast.Constant,
+                              ast.BinOp, ast.BitOr, ast.Load))
+_ARITHMETIC_NODES = frozenset((ast.Name, ast.Attribute, ast.Constant, ast.BinOp, ast.UnaryOp, ast.Load,
+                               ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Div, ast.Pow, ast.Mod, ast.USub))
+_MAX_QUOTED_NODES = 64
+
+
+def _plain_text(node: ast.expr, allowed: frozenset[type]) -> str | None:
+    """The source text of ``node`` when it is built only from ``allowed`` node types (and is
+    small), else None."""
+    for count, inner in enumerate(ast.walk(node)):
+        if count >= _MAX_QUOTED_NODES or type(inner) not in allowed:
+            return None
+    return ast.unparse(node)
+
+
+def _default_text(node: ast.expr | None) -> str | None:
+    """A literal default's source text; anything else is :data:`COMPUTED_DEFAULT`."""
+    if node is None:
+        return None
+    try:
+        _literal(node)
+    except ValueError:
+        return COMPUTED_DEFAULT
+    return ast.unparse(node)
+
+
+def _annotation_text(node: ast.expr | None) -> str | None:
+    if node is None:
+        return None
+    return _plain_text(node, _TYPE_LIKE_NODES)
+
+
 def _params(args: ast.arguments, skip_self: bool = True) -> list[Param]:
     positional = list(args.posonlyargs) + list(args.args)
     defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
     out: list[Param] = []
     for arg, default in zip(positional, defaults):
-        out.append(Param(arg.arg, ast.unparse(default) if default is not None else None, "positional",
-                         ast.unparse(arg.annotation) if arg.annotation is not None else None))
+        out.append(Param(arg.arg, _default_text(default), "positional", _annotation_text(arg.annotation)))
     if args.vararg is not None:
         out.append(Param(args.vararg.arg, None, "*args"))
     for arg, default in zip(args.kwonlyargs, args.kw_defaults):
-        out.append(Param(arg.arg, ast.unparse(default) if default is not None else None, "keyword-only",
-                         ast.unparse(arg.annotation) if arg.annotation is not None else None))
+        out.append(Param(arg.arg, _default_text(default), "keyword-only", _annotation_text(arg.annotation)))
     if args.kwarg is not None:
         out.append(Param(args.kwarg.arg, None, "**kwargs"))
     if skip_self and out and out[0].kind == "positional":
@@ -1429,7 +1468,11 @@ class _Holdings:
         text = ""
         if last in ("ones", "zeros", "randn", "rand", "empty") and inner.args:
             dims = inner.args[0].elts if len(inner.args) == 1 and isinstance(inner.args[0], (ast.List, ast.Tuple)) else inner.args
-            text += " of shape (" + ", ".join(ast.unparse(d) for d in dims) + ")"
+            shown = [_plain_text(d, _ARITHMETIC_NODES) for d in dims]
+            if all(s is not None for s in shown):
+                text += " of shape (" + ", ".join(shown) + ")"  # type: ignore[arg-type]
+            else:
+                text += " of a shape computed at construction"
         return text + f", initialised to {_INIT_GLOSS[last]}"
 
 

@@ -1,4 +1,4 @@
-"""The offline prompt generator (``template-ast-v1``): a task specification built from the
+"""The offline prompt generator (``template-ast-v2``): a task specification built from the
 syntax tree of a PyTorch module, deterministically, without a model.
 
 The module's source is only *parsed* (``ast``), never executed or imported: the facts come from
@@ -10,7 +10,7 @@ as literals (read with ``ast.literal_eval``, which evaluates literals only), the
 the source is said to be unknown, never guessed. This module writes the text.
 
 The same source always gives the same text (no sets are iterated, nothing depends on time,
-hashes or the environment), so ``template-ast-v1`` identifies the exact output; change
+hashes or the environment), so ``template-ast-v2`` identifies the exact output; change
 :data:`TEMPLATE_GENERATOR` whenever the text this module writes changes.
 """
 
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: The label of this generator (the ``generator`` column of its rows and of the summary).
-TEMPLATE_GENERATOR = "template-ast-v1"
+TEMPLATE_GENERATOR = "template-ast-v2"
 
 #: The facts the text is written from (see :func:`kernelbook_lib.module_analysis.describe_module`).
 analyze = describe_module
@@ -160,6 +160,6 @@ def render(facts: ModuleFacts, module_name: str) -> str:
 
 
 def template_specification(python_code: str, module_name: str, tree: ast.Module | None = None) -> str:
-    """The ``template-ast-v1`` specification of ``module_name`` (``tree``: the parse of
+    """The ``template-ast-v2`` specification of ``module_name`` (``tree``: the parse of
     ``python_code``, when already made). Raises :class:`ModuleNotUsable`."""
     return render(describe_module(python_code, module_name, tree), module_name)

