@@ -90,17 +90,23 @@ def test_both_input_schemas_are_detected_and_anything_else_lists_the_columns():
 
 
 def test_the_bundled_sample_is_the_kernelbook_schema_with_its_planted_defects():
+    raw = pl.read_parquet(prompt_gen.KERNELBOOK_SAMPLE_PATH)
+    code = raw["python_code"]
+    empty = int((code == "").sum())
+    distinct = code.filter(code != "").n_unique()
+    repeats = raw.height - empty - distinct  # rows repeating an earlier row's code exactly
+    assert empty >= 2 and repeats >= 2  # the planted defects
     result = prepared(prompt_gen.read_prompt_source("sample").frame)
     assert result.input_schema == "kernelbook"
     report = result.result.report
-    assert report.rows_in == 50 and report.dropped == {"empty_python_code": 2}
+    assert report.rows_in == raw.height and report.dropped == {"empty_python_code": empty}
     assert "uuid" in result.provenance and "module_name" not in result.provenance
     frame = result.result.frame
     assert frame["problem_id"].to_list() == [problem_id(c) for c in frame["_python_code"].to_list()]
     dedupe = prompt_gen.dedupe_problems(frame)
-    assert dedupe.report.dropped == {"duplicate_problem": 4} and dedupe.report.rows_out == 44
+    assert dedupe.report.dropped == {"duplicate_problem": repeats} and dedupe.report.rows_out == distinct
     assert prompt_gen.dedupe_summary(dedupe, "llm") == {
-        "distinct_problems": 44, "duplicates_collapsed": 4, "calls_saved_by_dedupe": 4,
+        "distinct_problems": distinct, "duplicates_collapsed": repeats, "calls_saved_by_dedupe": repeats,
     }
     assert prompt_gen.dedupe_summary(dedupe, "template")["calls_saved_by_dedupe"] == 0
 
