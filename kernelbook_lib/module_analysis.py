@@ -1076,11 +1076,11 @@ def _params(args: ast.arguments, skip_self: bool = True) -> list[Param]:
     positional = list(args.posonlyargs) + list(args.args)
     defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
     out: list[Param] = []
-    for arg, default in zip(positional, defaults):
+    for arg, default in zip(positional, defaults, strict=True):
         out.append(Param(arg.arg, _default_text(default), "positional", _annotation_text(arg.annotation)))
     if args.vararg is not None:
         out.append(Param(args.vararg.arg, None, "*args"))
-    for arg, default in zip(args.kwonlyargs, args.kw_defaults):
+    for arg, default in zip(args.kwonlyargs, args.kw_defaults, strict=True):
         out.append(Param(arg.arg, _default_text(default), "keyword-only", _annotation_text(arg.annotation)))
     if args.kwarg is not None:
         out.append(Param(args.kwarg.arg, None, "**kwargs"))
@@ -1476,7 +1476,7 @@ class _Holdings:
         return text + f", initialised to {_INIT_GLOSS[last]}"
 
 
-# --- analysis -----------------------------------------------------------------------------------
+# --- describe_module --------------------------------------------------------------------------
 
 
 def describe_module(python_code: str, module_name: str, tree: ast.Module | None = None) -> ModuleFacts:
