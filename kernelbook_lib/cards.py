@@ -95,7 +95,7 @@ COLUMN_DOCS: dict[str, str] = {
 SYNTHETIC_COLUMN_DOCS: dict[str, str] = {
     "prompt": "the generated task specification (by the generator named in `generator`)",
     "problem_id": "first 16 hex digits of SHA-256 of the normalised PyTorch reference code (`python_code`)",
-    "generator": "what wrote `prompt`: `llm`, or `template-ast-v1` (deterministic, from the module's syntax tree, no model)",
+    "generator": "what wrote `prompt`: `llm`, or `template-ast-v2` (deterministic, from the module's syntax tree, no model)",
     "generator_model": "the LLM's model name (null for the template)",
     "generator_prompt_version": "the generator's prompt/template version",
     "generator_prompt_tokens": "prompt tokens of the generator call (null for the template)",

@@ -697,7 +697,7 @@ class SyntheticSummary(BaseModel):
     limit: int | None = None
     input_schema: str
     backend: str  # the backend that ran: llm or template
-    generator: str  # the row label: llm or template-ast-v1
+    generator: str  # the row label: llm or template-ast-v2
     generator_model: str | None = None
     generator_prompt_version: str | None = None
     distinct_problems: int = Field(ge=0)

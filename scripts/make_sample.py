@@ -21,24 +21,42 @@ EVALS_FILE = "evals_sample.parquet"
 EVALS_PROBLEMS = 72
 EVALS_ROLLOUTS = 3
 EVALS_SEED = 20250101
+EVALS_FAMILIES = 3  # near-duplicate families (an original and two rewrites each)
 KERNELBOOK_FILE = "kernelbook_sample.parquet"
 KERNELBOOK_ROWS = 50
 KERNELBOOK_DUPLICATES = 4
 KERNELBOOK_EMPTY_CODE = 2
 KERNELBOOK_SEED = 20250102
+KERNELBOOK_FAMILIES = 2
 
 
 def make_samples(out_dir: Path) -> list[Path]:
     """Write both samples into ``out_dir`` and return their paths."""
-    evals = fake_data.write_evals(out_dir / EVALS_FILE, EVALS_PROBLEMS, EVALS_ROLLOUTS, seed=EVALS_SEED, bad_rows=True)
+    evals = fake_data.write_evals(
+        out_dir / EVALS_FILE, EVALS_PROBLEMS, EVALS_ROLLOUTS, seed=EVALS_SEED, bad_rows=True, families=EVALS_FAMILIES
+    )
     kernelbook = fake_data.write_kernelbook(
         out_dir / KERNELBOOK_FILE,
         KERNELBOOK_ROWS,
         seed=KERNELBOOK_SEED,
         duplicates=KERNELBOOK_DUPLICATES,
         empty_code=KERNELBOOK_EMPTY_CODE,
+        families=KERNELBOOK_FAMILIES,
     )
     return [evals, kernelbook]
+
+
+def eval_families() -> list[tuple[int, ...]]:
+    """The example_ids of the eval sample's near-duplicate families (ground truth; see the data README)."""
+    return fake_data.eval_families(EVALS_PROBLEMS, seed=EVALS_SEED, families=EVALS_FAMILIES)
+
+
+def kernelbook_families() -> list[tuple[tuple[int, ...], ...]]:
+    """The uuids of the KernelBook sample's near-duplicate families, per member."""
+    return fake_data.kernelbook_families(
+        KERNELBOOK_ROWS, seed=KERNELBOOK_SEED, duplicates=KERNELBOOK_DUPLICATES, empty_code=KERNELBOOK_EMPTY_CODE,
+        families=KERNELBOOK_FAMILIES,
+    )
 
 
 def main() -> None:

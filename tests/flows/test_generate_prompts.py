@@ -139,7 +139,7 @@ def test_template_backend_is_offline_and_deterministic_and_leaves_curate_outputs
     caplog.set_level("INFO")
     first = generate_prompts(source="sample", out=str(out))  # no key configured: auto -> template
     assert "using the offline template backend" in caplog.text
-    assert first["backend"] == "template" and first["generator"] == "template-ast-v1" and first["llm"] is None
+    assert first["backend"] == "template" and first["generator"] == "template-ast-v2" and first["llm"] is None
     assert first["stages"][2] == {"name": "generate", "rows_in": 44, "rows_out": 44, "dropped": {}}
     data = (out / prompt_gen.PROMPTS_FILE).read_bytes()
     parquet = pl.read_parquet(out / "synthetic" / prompt_gen.DATA_FILE)
@@ -147,7 +147,7 @@ def test_template_backend_is_offline_and_deterministic_and_leaves_curate_outputs
     assert (tmp_path / "again" / prompt_gen.PROMPTS_FILE).read_bytes() == data
     assert pl.read_parquet(tmp_path / "again" / "synthetic" / prompt_gen.DATA_FILE).equals(parquet)
     assert second["stages"] == first["stages"]
-    assert set(parquet["generator"].to_list()) == {"template-ast-v1"}
+    assert set(parquet["generator"].to_list()) == {"template-ast-v2"}
     assert (out / "run_summary.json").read_text() == '{"pipeline": "curate"}' and (out / "filtered" / "data").is_dir()
 
 

