@@ -29,10 +29,14 @@ from tasks.analysis import (
 
 
 @flow(name="analyze", log_prints=False)
-def analyze(input: str = "outputs", out: str | None = None) -> dict:
-    """Analyse the judged dataset in ``input``; write the results into ``out`` (default INPUT/analysis)."""
+def analyze(input: str = "outputs", out: str | None = None, counts: dict[str, int] | None = None) -> dict:
+    """Analyse the judged dataset in ``input``; write the results into ``out`` (default INPUT/analysis).
+
+    ``counts``: the filtered dataset's rows per split, passed by the curate run that has just
+    written it (its run summary comes after the analysis); without it the folder must hold a
+    finished run's ``run_summary.json``, whose counts the files must match."""
     out_dir = prepare_analysis_out(input, out)
-    df = load_judged(input)
+    df = load_judged(input, counts)
     result = compute_analysis(df)
     judges = describe_judges(df)
     analysis_json = write_analysis_json(result, out_dir)

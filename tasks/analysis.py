@@ -48,10 +48,10 @@ def prepare_analysis_out(input: str, out: str | None) -> str:
 
 
 @task(name="load-judged", **ANALYSIS_TASK)
-def load_judged(input: str) -> pl.DataFrame:
-    df = analysis.load_judged(Path(input))
+def load_judged(input: str, counts: dict[str, int] | None = None) -> pl.DataFrame:
+    df = analysis.load_judged(Path(input), counts)
     splits = ", ".join(f"{e['value']} {e['n']}" for e in analysis.judge_info(df)["splits"])
-    get_run_logger().info(f"analysis: read {df.height} judged rows from {input} ({splits})")
+    get_run_logger().info(f"analysis: read {df.height} judged rows from {input} ({splits or 'no rows'})")
     return df
 
 
@@ -59,6 +59,9 @@ def load_judged(input: str) -> pl.DataFrame:
 def compute_analysis(df: pl.DataFrame) -> dict:
     result = analysis.compute_analysis(df)
     logger = get_run_logger()
+    if result["n"] == 0:
+        logger.warning("analysis: the judged dataset has no rows: nothing to correlate or plot (the report says so)")
+        return result
     for name, pair in result["pairs"].items():
         if pair.get("undefined"):
             logger.warning(f"analysis: {name} undefined: {pair['reason']}")
@@ -73,6 +76,8 @@ def compute_analysis(df: pl.DataFrame) -> dict:
 @task(name="describe-judges", **ANALYSIS_TASK)
 def describe_judges(df: pl.DataFrame) -> dict:
     info = analysis.judge_info(df)
+    if df.height == 0:
+        return info
     models = ", ".join(str(e["value"]) for e in info["judge_model"])
     get_run_logger().info(f"analysis: judged by {', '.join(str(e['value']) for e in info['judge'])} (model: {models})")
     return info
@@ -89,6 +94,11 @@ def write_analysis_json(result: dict, out_dir: str) -> str:
 
 @task(name="render-plots", **ANALYSIS_TASK)
 def render_plots(df: pl.DataFrame, out_dir: str) -> list[str]:
+    if df.height == 0:
+        # Nothing to draw; plots of an earlier run in this folder would contradict the report.
+        for name in plots.PLOT_FILES:
+            (Path(out_dir) / name).unlink(missing_ok=True)
+        return []
     paths = plots.render_plots(df, Path(out_dir))
     get_run_logger().info(f"analysis: wrote {', '.join(p.name for p in paths)} in {out_dir}")
     return [str(p) for p in paths]
