@@ -34,18 +34,23 @@ from tasks.analysis import (
 
 
 @flow(name="analyze", log_prints=False)
-def analyze(input: str = "outputs", out: str | None = None) -> dict:
-    """Analyse the judged dataset in ``input``; write the results into ``out`` (default INPUT/analysis)."""
+def analyze(input: str = "outputs", out: str | None = None, run: dict | None = None) -> dict:
+    """Analyse the judged dataset in ``input``; write the results into ``out`` (default INPUT/analysis).
+
+    ``run``: the run summary of the curate run that has just written ``input`` (its
+    ``run_summary.json`` is written after the analysis), which says which run is analysed and
+    how many rows the files must hold; without it the folder must hold a finished run's
+    ``run_summary.json``."""
     out_dir = prepare_analysis_out(input, out)
-    identity = identify_judged(input)
-    df = load_judged(input)
+    identity = identify_judged(input, run)
+    df = load_judged(input, run)
     result = compute_analysis(df)
     judges = describe_judges(df)
     plot_paths = render_plots(df, out_dir)
     document = record_analysis(result, identity, plot_paths)
     analysis_json = write_analysis_json(document, out_dir)  # after the plots it vouches for
     report_path = write_report(result, plot_paths, judges, out_dir)
-    attached = attach_analysis(input, out_dir)
+    attached = attach_analysis(input, out_dir, run)
     publish_report(result, plot_paths, judges)
     get_run_logger().info(f"analyze: done, report at {report_path}")
     return {

@@ -15,22 +15,26 @@ from prefect import flow
 from flows.analyze import analyze
 from kernelbook_lib.loading import DEFAULT_SOURCE
 from kernelbook_lib.stages import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION
-from kernelbook_lib.summary import now_iso
+from kernelbook_lib.summary import empty_result_warnings, now_iso
 from tasks.curate import (
     check_judge_failures,
     dedupe,
     export_outputs,
     filter_rewards,
+    judge_gate,
     judge_rows,
     load_source,
     prepare_out,
     resolve_judge,
     split_by_problem,
     validate_rows,
+    write_run_summary,
 )
+from tasks.preflight import guarded
 
 
 @flow(name="curate", log_prints=False)
+@guarded("curate")  # parameters, settings and .env checked, then `out` locked, before any work
 def curate(
     source: str = DEFAULT_SOURCE,
     split: Literal["train", "validation", "all"] = "train",
@@ -53,20 +57,23 @@ def curate(
     judged, judge_info = judge_rows(kept.frame, resolve_judge(judge), refresh_judge)
     unique = dedupe(judged.frame, group_by)
     filtered_split, splitted = split_by_problem(judged.frame, unique.frame, seed, val_fraction)
+    stages = [r.report for r in (loaded, kept, judged, unique, splitted)]
     summary = export_outputs(
         out_dir,
         dict(
             source=source, split=split, threshold=threshold, limit=limit, **judge_info,
             group_by=group_by, seed=seed, val_fraction=val_fraction, started_at=started_at,
-            stages=[r.report for r in (loaded, kept, judged, unique, splitted)],
+            stages=stages, warnings=empty_result_warnings(stages),
         ),
         filtered_split,
         splitted.frame,
         [loaded, kept, judged],
     )
-    if analysis:
-        analyze(input=out_dir)
-    check_judge_failures(judged, max_judge_failure_rate)
+    judge_failure = judge_gate(judged, max_judge_failure_rate)  # before the analysis: says why
+    if analysis and judge_failure is None:
+        analyze(input=out_dir, run=summary.model_dump(mode="json"))
+    summary = write_run_summary(out_dir, summary)  # the last file: its presence means finished
+    check_judge_failures(judge_failure)
     return summary.model_dump(mode="json")
 
 

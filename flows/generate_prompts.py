@@ -17,6 +17,7 @@ import sys
 from prefect import flow
 
 from kernelbook_lib import prompt_gen
+from kernelbook_lib.loading import SplitName
 from kernelbook_lib.summary import now_iso
 from tasks.prompts import (
     check_generation,
@@ -28,12 +29,14 @@ from tasks.prompts import (
     resolve_backend,
     validate_prompt_rows,
 )
+from tasks.preflight import guarded
 
 
 @flow(name="generate-prompts", log_prints=False)
+@guarded("generate-prompts")  # parameters, settings and .env checked, then `out` locked, before any work
 def generate_prompts(
     source: str = prompt_gen.DEFAULT_SOURCE,
-    split: str = "train",
+    split: SplitName = "train",
     backend: str = "auto",
     limit: int | None = None,
     out: str = "outputs",

@@ -1,8 +1,13 @@
 """The ``re-evaluate`` flow: the scheduled refresh (``prefect.yaml``, weekly by default).
 
-Re-loads the source and runs the whole ``curate`` flow again, then refreshes the analysis, and
-publishes when ``publish`` is true: curate -> analyze -> publish, as subflows, so each shows as
-its own run (with its logs and artifacts) under the re-evaluate run in the UI.
+Re-loads the source and runs the whole ``curate`` flow again (with its analysis), and publishes
+when ``publish`` is true: curate (-> analyze) -> publish, as subflows, so each shows as its own
+run (with its logs and artifacts) under the re-evaluate run in the UI. The analysis runs inside
+curate so that ``run_summary.json`` stays the last file written: a folder with it is finished.
+
+Like ``curate`` it checks its parameters and settings and locks ``out`` before any work, so a
+scheduled run into a folder someone is writing with ``kernelbook curate`` stops at once (exit
+code 2, naming that process) instead of mixing two runs' files.
 
 "Re-judge only what changed" needs nothing special here: the LLM judge caches every verdict
 under a key made of the judge model, the prompt version and the exact messages (rubric, module,
@@ -21,14 +26,16 @@ import tasks  # noqa: F401  (Prefect environment defaults, before prefect is imp
 import argparse
 import sys
 import typing
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.analyze import analyze
 from flows.curate import curate
 from flows.publish import publish as publish_flow
 from kernelbook_lib.loading import DEFAULT_SOURCE, SplitName
 from kernelbook_lib.stages import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION, GroupBy
+from tasks.analysis import DEFAULT_SUBDIR, REPORT_MD
+from tasks.preflight import guarded
 from tasks.runners import TaskRunnerKind, task_runner_session
 
 #: The judges ``curate`` accepts, taken from its signature so the two flows never disagree.
@@ -36,6 +43,7 @@ CurateJudge = typing.get_type_hints(curate.fn)["judge"]
 
 
 @flow(name="re-evaluate", log_prints=False)
+@guarded("re-evaluate")  # parameters, settings and .env checked, then `out` locked, before any work
 def reevaluate(
     source: str = DEFAULT_SOURCE,
     split: SplitName = "train",
@@ -52,8 +60,8 @@ def reevaluate(
     task_runner: TaskRunnerKind = "default",
     dask_address: str | None = None,
 ) -> dict:
-    """Re-curate ``source`` into ``out`` (re-judging only what changed), refresh the analysis
-    in ``out``/analysis, and publish ``out`` to the Hub when ``publish`` is true (repos from
+    """Re-curate ``source`` into ``out`` (re-judging only what changed) with its analysis in
+    ``out``/analysis, and publish ``out`` to the Hub when ``publish`` is true (repos from
     HF_FILTERED_REPO / HF_UNIQUE_REPO, token from HF_TOKEN). ``max_judge_failure_rate``
     None keeps curate's default; a run over it stops before the analysis and the publish."""
     logger = get_run_logger()
@@ -62,13 +70,10 @@ def reevaluate(
     with task_runner_session(task_runner, dask_address) as runner:
         summary = curate.with_options(task_runner=runner)(
             source=source, split=split, threshold=threshold, judge=judge, limit=limit, seed=seed,
-            val_fraction=val_fraction, group_by=group_by, out=out,
-            analysis=False,  # refreshed below, as this flow's own step
-            **options,
+            val_fraction=val_fraction, group_by=group_by, out=out, analysis=True, **options,
         )
     if summary.get("llm"):
         logger.info(f"re-evaluate: judge calls {summary['llm']}")
-    analysis = analyze(input=out)
     published = publish_flow(input=out, push=True, private=private) if publish else None
     logger.info(
         f"re-evaluate: {out} refreshed (datasets {summary['datasets']}); "
@@ -77,7 +82,7 @@ def reevaluate(
     return {
         "out": out,
         "summary": summary,
-        "analysis_report": analysis["report"],
+        "analysis_report": str(Path(out) / DEFAULT_SUBDIR / REPORT_MD),
         "published": published,
     }
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -115,6 +117,46 @@ def run_flow(fn, **kwargs):
         raise typer.Exit(130) from None
 
 
+@contextmanager
+def _checked_and_locked(pipeline: str, values: dict, task_runner: TaskRunnerChoice, dask_address: str | None) -> Iterator[None]:
+    """Before Prefect starts (a mistake costs no server start): check the options, ``.env`` and
+    the settings, then lock ``--out`` for the whole command (the flow takes the same lock again,
+    for deployments; in this process that only counts a level). A mistake or a folder in use
+    is one line and exit code 2."""
+    from kernelbook_lib import outlock, params
+
+    try:
+        params.validate_params("task-runner", {"task_runner": task_runner.value, "dask_address": dask_address})
+        checked = params.preflight(pipeline, values)
+        stale = outlock.acquire(values["out"], pipeline)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    for warning in checked.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if stale is not None:
+        typer.echo(f"warning: {values['out']}: took over the lock left by {stale.describe()}, which is no longer running", err=True)
+    try:
+        yield
+    finally:
+        outlock.release(values["out"], pipeline)
+
+
+@contextmanager
+def _summary_of_a_failed_run(summary_path: Path, show) -> Iterator[None]:
+    """A run that failed after writing everything (exit code 1, e.g. too many judge failures)
+    still shows its counts: ``show`` prints the summary it wrote (its last file)."""
+    try:
+        yield
+    except typer.Exit as exc:
+        if exc.exit_code == 1 and summary_path.is_file():
+            import json
+
+            typer.echo("")
+            show(json.loads(summary_path.read_text(encoding="utf-8")))
+        raise
+
+
 @app.command()
 def curate(
     source: Annotated[str, typer.Option(help="'sample' (bundled synthetic sample), a local .parquet/.jsonl file or folder, or a Hub dataset id.")] = "siro1/kernelbook-glm4-evals",
@@ -133,22 +175,28 @@ def curate(
     dask_address: DaskAddressOption = None,
 ) -> None:
     """Load, filter, judge, dedupe, split and export (the filtered and unique datasets)."""
-    from flows.curate import curate as curate_flow
-    from kernelbook_lib.summary import RunSummary, format_llm, format_table
-
-    result = run_with_runner(
-        curate_flow, task_runner, dask_address,
+    values = dict(
         source=source, split=split.value, threshold=threshold, judge=judge.value, limit=limit,
         seed=seed, val_fraction=val_fraction, group_by=group_by.value, out=str(out), analysis=analysis,
         refresh_judge=refresh_judge, max_judge_failure_rate=max_judge_failure_rate,
     )
-    summary = RunSummary.model_validate(result)
+    with _checked_and_locked("curate", values, task_runner, dask_address):
+        from flows.curate import curate as curate_flow
+        from kernelbook_lib.export import SUMMARY_FILE
+        from kernelbook_lib.summary import RunSummary, format_llm, format_table
+
+        def show(summary: RunSummary | dict) -> None:
+            summary = RunSummary.model_validate(summary)
+            typer.echo(format_table(summary))
+            if summary.llm:
+                typer.echo(format_llm(summary.llm))
+            for warning in summary.warnings:
+                typer.echo(f"warning: {warning}")
+
+        with _summary_of_a_failed_run(out / SUMMARY_FILE, show):
+            result = run_with_runner(curate_flow, task_runner, dask_address, **values)
     typer.echo("")
-    typer.echo(format_table(summary))
-    if summary.llm:
-        typer.echo(format_llm(summary.llm))
-    for warning in summary.warnings:
-        typer.echo(f"warning: {warning}")
+    show(result)
     typer.echo(f"outputs in {out}/ (filtered/, unique/, rejected.jsonl, run_summary.json{', analysis/' if analysis else ''})")
 
 
@@ -212,17 +260,21 @@ def generate_prompts(
     dask_address: DaskAddressOption = None,
 ) -> None:
     """Write a task specification for every distinct PyTorch module (the synthetic prompts dataset)."""
-    from flows.generate_prompts import generate_prompts as generate_flow
-    from kernelbook_lib.prompt_gen import SyntheticSummary, format_summary
+    values = dict(source=source, split=split.value, backend=backend.value, limit=limit, out=str(out), refresh=refresh)
+    with _checked_and_locked("generate-prompts", values, task_runner, dask_address):
+        from flows.generate_prompts import generate_prompts as generate_flow
+        from kernelbook_lib.prompt_gen import SUMMARY_FILE, SyntheticSummary, format_summary
 
-    result = run_with_runner(
-        generate_flow, task_runner, dask_address, source=source, split=split.value, backend=backend.value, limit=limit, out=str(out), refresh=refresh,
-    )
-    summary = SyntheticSummary.model_validate(result)
+        def show(summary: SyntheticSummary | dict) -> None:
+            summary = SyntheticSummary.model_validate(summary)
+            typer.echo(format_summary(summary))
+            for warning in summary.warnings:
+                typer.echo(f"warning: {warning}")
+
+        with _summary_of_a_failed_run(out / SUMMARY_FILE, show):
+            result = run_with_runner(generate_flow, task_runner, dask_address, **values)
     typer.echo("")
-    typer.echo(format_summary(summary))
-    for warning in summary.warnings:
-        typer.echo(f"warning: {warning}")
+    show(result)
     typer.echo(f"outputs in {out}/ (synthetic_prompts.jsonl, synthetic/, synthetic_rejected.jsonl, synthetic_summary.json)")
 
 

@@ -75,12 +75,14 @@ STRONGEST_BAND = "very strong"
 # --- loading -----------------------------------------------------------------------------
 
 
-def judged_files(input_dir: Path) -> list[Path]:
+def judged_files(input_dir: Path, *, require_summary: bool = True) -> list[Path]:
     """The parquet files of the judged dataset in ``input_dir`` (a finished curate run's output).
 
     Raises :class:`UserError` naming what is missing (and what ``input_dir`` does hold) when
     there is nothing to read, or when ``run_summary.json`` is absent: the curate flow writes it
-    last, so without it the folder is an unfinished run. Cheap: the CLI calls it before a run.
+    last, so without it the folder is an unfinished run. The curate run itself analyses its
+    folder before writing the summary (``require_summary=False``, with the counts it has just
+    written). Cheap: the CLI calls it before a run.
     """
     input_dir = Path(input_dir)
     data_dir = input_dir / FILTERED_DATA_DIR
@@ -94,7 +96,7 @@ def judged_files(input_dir: Path) -> list[Path]:
             f"no judged dataset in {input_dir}: {data_dir} does not exist (the curate flow writes it); "
             f"{input_dir} holds: {found or 'nothing'}"
         )
-    if not (input_dir / SUMMARY_FILE).is_file():
+    if require_summary and not (input_dir / SUMMARY_FILE).is_file():
         raise UserError(
             f"{input_dir} has no {SUMMARY_FILE}: the curate run that wrote it did not finish "
             "(the summary is written last); run curate again before analysing"
@@ -122,16 +124,18 @@ def split_of(path: Path) -> str:
     return path.name.split("-", 1)[0]
 
 
-def load_judged(input_dir: Path) -> pl.DataFrame:
+def load_judged(input_dir: Path, expected_counts: dict[str, int] | None = None) -> pl.DataFrame:
     """Read every split of ``input_dir/filtered/data`` into one frame.
 
     Only :data:`ANALYSIS_COLUMNS` are read, plus ``_split`` (:data:`SPLIT_COLUMN`) naming each
     row's split. A missing folder or run summary, missing columns, splits whose column types
-    disagree, or row counts that differ from the run summary's raise a :class:`UserError`
-    (``SchemaError`` for columns) naming what is missing and what was found.
+    disagree, or row counts that differ from the run summary's (or from ``expected_counts``,
+    given by the curate run that has just written the files, before its summary) raise a
+    :class:`UserError` (``SchemaError`` for columns) naming what is missing and what was found.
+    A dataset with no rows is not an error: the analysis reports "no rows".
     """
     frames = []
-    for path in judged_files(input_dir):
+    for path in judged_files(input_dir, require_summary=expected_counts is None):
         try:
             schema = pl.read_parquet_schema(path)
         except Exception as exc:  # unreadable or not parquet: the user can fix the file
@@ -149,19 +153,18 @@ def load_judged(input_dir: Path) -> pl.DataFrame:
     except pl.exceptions.PolarsError as exc:
         raise SchemaError(
             f"the splits in {Path(input_dir) / FILTERED_DATA_DIR} have different column types: "
-            + "; ".join(f"{split_of(p)}: {dict(f.schema)}" for p, f in zip(judged_files(input_dir), frames))
+            + "; ".join(f"{split_of(p)}: {dict(f.schema)}" for p, f in zip(judged_files(input_dir, require_summary=False), frames))
         ) from exc
     data_dir = Path(input_dir) / FILTERED_DATA_DIR
     # The files must be the ones the finished run wrote: compare with the summary's counts.
-    expected = _expected_counts(input_dir)
+    expected = expected_counts if expected_counts is not None else _expected_counts(input_dir)
+    recorded = "this run" if expected_counts is not None else str(Path(input_dir) / SUMMARY_FILE)
     found = {split: n for split, n in df.group_by(SPLIT_COLUMN, maintain_order=True).len().iter_rows()}
     if expected is not None and {k: v for k, v in expected.items() if v} != found:
         raise UserError(
-            f"{data_dir} holds {found or 'no rows'} rows per split but {Path(input_dir) / SUMMARY_FILE} "
+            f"{data_dir} holds {found or 'no rows'} rows per split but {recorded} "
             f"records {expected} for 'filtered': the folder mixes runs; run curate again"
         )
-    if df.height == 0:
-        raise UserError(f"the judged dataset in {data_dir} has no rows: nothing to analyse")
     return df
 
 

@@ -1,9 +1,10 @@
 """Write the outputs: ``filtered`` and ``unique`` in Hugging Face Hub layout, the JSONL files
 of the original scripts, the drop ledger and the run summary.
 
-Crash safety: the run summary is removed first and written last, and every file is written to
-a temporary name and renamed into place, so a folder with a ``run_summary.json`` is always a
-finished, consistent run, and a half-written file never looks finished.
+Crash safety: the run summary is removed first and written last (by :func:`finish_run`, after
+the analysis too), and every file is written to a temporary name and renamed into place, so a
+folder with a ``run_summary.json`` is always a finished, consistent run, and a half-written file
+never looks finished.
 
 A dataset folder holds exactly one run's files: ``data/{split}-00000-of-00001-{fingerprint}.parquet``
 (the fingerprint is the start of the file's SHA-256), a card listing exactly those files, and,
@@ -194,7 +195,8 @@ def write_all(
     unique: pl.DataFrame,
     rejected: pl.DataFrame,
 ) -> RunSummary:
-    """Write every output of a curate run and return the final summary.
+    """Write every output of a curate run except the run summary, and return the summary
+    (:func:`finish_run` writes it last).
 
     ``filtered`` and ``unique`` carry the ``_split`` column. ``summary_fields`` holds the
     RunSummary fields except ``datasets`` and ``finished_at``. Refuses to write a dataset in
@@ -218,6 +220,12 @@ def write_all(
         ordered = frame.sort(schema.ROW)
         write_jsonl(to_output(ordered).with_columns(ordered.get_column(SPLIT_COLUMN).alias("split")), out_path / f"{name}_dataset.jsonl")
     write_jsonl(rejected.sort("source_index"), out_path / REJECTED_FILE)
+    return summary  # written by finish_run, once everything else (the analysis too) is written
+
+
+def finish_run(out: str | os.PathLike, summary: RunSummary) -> RunSummary:
+    """Write ``run_summary.json``, the very last file of a curate run; returns the summary as
+    written (``finished_at`` set now)."""
     summary = summary.model_copy(update={"finished_at": now_iso()})
-    write_summary(out_path, summary)
+    write_summary(Path(out), summary)
     return summary

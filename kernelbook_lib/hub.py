@@ -248,17 +248,25 @@ def load_analysis(input_dir: str | Path) -> dict | None:
 
 
 def run_identity(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """Which curate run a summary describes (``run_summary.json`` is removed when a run starts
-    and written when it ends, so these times name one finished run)."""
-    return {key: summary.get(key) for key in ("pipeline", "started_at", "finished_at")}
+    """Which curate run a summary describes: its ``run_id`` (new for every run) and start. The
+    analysis of a run happens before its ``run_summary.json`` is written, so nothing set at the
+    end (``finished_at``) may be part of it."""
+    return {key: summary.get(key) for key in ("pipeline", "run_id", "started_at")}
 
 
-def analysis_identity(input_dir: str | Path) -> dict[str, Any]:
+def _summary_of(root: Path, summary: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """``summary`` (the run that is writing ``root`` now), else the folder's finished run."""
+    return summary if summary is not None else _read_json(root / SUMMARY_FILES["filtered"], "run curate first")
+
+
+def analysis_identity(input_dir: str | Path, summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What an analysis of ``input_dir`` is about, recorded in ``analysis.json``: the curate run
-    and the exact ``filtered`` shards (their names carry their content's fingerprint)."""
+    (``summary``, the run writing the folder now, else its ``run_summary.json``) and the exact
+    ``filtered`` shards (their names carry their content's fingerprint)."""
     root = Path(input_dir)
     summary_path = root / SUMMARY_FILES["filtered"]
-    summary = _read_json(summary_path, "run curate first") if summary_path.exists() else {}
+    if summary is None:
+        summary = _read_json(summary_path, "run curate first") if summary_path.exists() else {}
     return {"run": run_identity(summary), "data_files": export.dataset_files(root / "filtered")}
 
 
@@ -311,15 +319,16 @@ def _mirror_images(folder: Path, images: list[tuple[Path, str, str]]) -> None:
                 shutil.copyfile(source, tmp)
 
 
-def attach_analysis(input_dir: str | Path) -> list[Path]:
+def attach_analysis(input_dir: str | Path, summary: Mapping[str, Any] | None = None) -> list[Path]:
     """Put the analysis into the local ``filtered`` and ``unique`` folders: the plots into
     ``images/`` and a card with the correlation table and the plots. Refuses (UserError) an
-    analysis that is not this run's. Returns the folders updated."""
+    analysis that is not this run's (``summary``: the run writing the folder now, else its
+    ``run_summary.json``). Returns the folders updated."""
     root = Path(input_dir)
     analysis = load_analysis(root)
     if analysis is None:
         raise UserError(f"{root / ANALYSIS_FILE} not found: run the analyze flow first")
-    summary = _read_json(root / SUMMARY_FILES["filtered"], "run curate first")
+    summary = _summary_of(root, summary)
     problems = analysis_problems(analysis, root, summary)
     images = analysis_images(root, analysis)
     updated = []

@@ -9,6 +9,8 @@ never silently dropped). Dataset code is only read as text here, never executed.
 
 from __future__ import annotations
 
+import io
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +31,9 @@ SPLITS: tuple[str, ...] = ("train", "validation")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
+#: Endings that make a source a file name, never a Hub id (a Hub repo is not named like a file).
+_FILE_SUFFIXES = (*_DATA_SUFFIXES, ".ndjson", ".csv", ".tsv", ".arrow", ".feather", ".txt", ".gz", ".zst")
+SourceKind = Literal["sample", "local", "hub"]
 
 # The reasons a row is rejected at entry, checked in this order (a row gets the first).
 REJECT_REWARD_NULL = "reward_null"
@@ -38,6 +43,8 @@ REJECT_EMPTY_MODULE_NAME = "empty_module_name"
 REJECT_EXAMPLE_ID_NULL = "example_id_null"
 REJECT_EMPTY_COMPLETION = "empty_completion"
 REJECT_MISSING_ANSWER = "missing_answer"
+#: A line of a JSONL source that is not a JSON object (rejected before every other reason).
+REJECT_MALFORMED_LINE = "malformed_line"
 
 
 @dataclass(frozen=True)
@@ -55,12 +62,61 @@ def describe_source(source: str) -> str:
     return "bundled synthetic sample" if source == "sample" else source
 
 
+def path_like_reason(source: str) -> str | None:
+    """Why ``source`` names a local path rather than a Hub dataset id, or None if it does not.
+
+    The rule: a Hub id is exactly ``owner/name`` (one ``/``, no leading ``.``, ``/`` or ``~``, not
+    named like a file). So ``./x``, ``../x``, ``~/x``, ``/x``, ``data/sub/x`` (two or more
+    ``/``), ``x/`` (a trailing ``/``), anything with a ``\\``, and anything ending in a
+    data-file extension (``mydata/evals.parquet``, ``evals.jsonl``) are paths, while
+    ``siro1/kernelbook-glm4-evals`` and ``ScalingIntelligence/KernelBench`` are Hub ids."""
+    if source.startswith((".", "/", "~")):
+        return f"it starts with {source[0]!r}"
+    if "\\" in source:
+        return "it contains a path separator"
+    if source.endswith("/"):
+        return "it ends with '/'"
+    if source.count("/") >= 2:
+        return "it has more than one '/' (a Hub id is owner/name)"
+    suffix = next((s for s in _FILE_SUFFIXES if source.lower().endswith(s)), None)
+    if suffix:
+        return f"it ends with {suffix}"
+    return None
+
+
+def classify_source(source: str) -> SourceKind:
+    """``sample``, ``local`` (an existing file or folder) or ``hub`` (an ``owner/name`` id).
+
+    Cheap and offline: it is checked before any work. A source that looks like a path (see
+    :func:`path_like_reason`) and does not exist is a :class:`SourceUnavailableError` ("no such
+    file or folder", exit code 2), never a trip to the Hub."""
+    if source == "sample":
+        return "sample"
+    if not source.strip():
+        raise UserError("--source is empty; use --source sample, a local .parquet/.jsonl path, or a Hub id (owner/name)")
+    if Path(source).expanduser().exists():
+        return "local"
+    reason = path_like_reason(source)
+    if reason is not None:
+        raise SourceUnavailableError(
+            f"--source {source}: no such file or folder (read as a local path because {reason}; "
+            "a Hub dataset id is owner/name)"
+        )
+    if _HUB_ID.match(source):
+        return "hub"
+    raise SourceUnavailableError(
+        f"source {source!r} is neither an existing file or folder nor a Hub dataset id "
+        "(owner/name); use --source sample, a local .parquet/.jsonl path, or a Hub id"
+    )
+
+
 def read_source(source: str, split: SplitName = "train") -> LoadedSource:
     """Read ``source``: ``"sample"``, a local ``.parquet``/``.jsonl`` file or a folder of them, or
     a Hub dataset id. Raises :class:`UserError` subclasses with a clear message on failure."""
     if split not in ("train", "validation", "all"):
         raise UserError(f"--split must be train, validation or all, not {split!r}")
-    if source == "sample":
+    kind = classify_source(source)
+    if kind == "sample":
         if not SAMPLE_PATH.is_file():
             raise SourceUnavailableError(
                 f"the bundled sample is missing ({SAMPLE_PATH}); regenerate it with "
@@ -69,16 +125,11 @@ def read_source(source: str, split: SplitName = "train") -> LoadedSource:
         splits = {"train": [SAMPLE_PATH]}
         frames = _read_local_splits(splits, split, source_label="the bundled sample")
         return LoadedSource(frame=frames, description=describe_source(source))
-    path = Path(source).expanduser()
-    if path.exists():
+    if kind == "local":
+        path = Path(source).expanduser()
         splits = _local_split_files(path)
         return LoadedSource(frame=_read_local_splits(splits, split, source_label=str(path)), description=str(path))
-    if _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
-        return LoadedSource(frame=_read_hub(source, split), description=source)
-    raise SourceUnavailableError(
-        f"source {source!r} is neither an existing file or folder nor a Hub dataset id "
-        "(owner/name); use --source sample, a local .parquet/.jsonl path, or a Hub id"
-    )
+    return LoadedSource(frame=_read_hub(source, split), description=source)
 
 
 def _local_split_files(path: Path) -> dict[str, list[Path]]:
@@ -127,11 +178,63 @@ def _read_file(path: Path) -> pl.DataFrame:
         if path.suffix == ".parquet":
             return pl.read_parquet(path)
         if path.suffix == ".jsonl":
-            return pl.read_ndjson(path, infer_schema_length=None)
+            try:
+                return pl.read_ndjson(path, infer_schema_length=None)
+            except (pl.exceptions.PolarsError, UnicodeDecodeError, ValueError):
+                return _read_jsonl_by_line(path)  # find the bad lines; reject them, keep the rest
         return pl.read_json(path, infer_schema_length=None)
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SourceUnavailableError(f"cannot read {path}: {first_line}") from None
+
+
+def _line_problem(line: bytes) -> str | None:
+    """Why one JSONL line is not a JSON object (None when it is one)."""
+    try:
+        value = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        return f"not JSON ({exc.msg} at column {exc.colno})"
+    if not isinstance(value, dict):
+        return f"a JSON {type(value).__name__}, not an object"
+    return None
+
+
+def _read_jsonl_by_line(path: Path) -> pl.DataFrame:
+    """A JSONL file that polars refused as a whole, read line by line.
+
+    The rule that tells a damaged JSONL file from a file that is not JSONL at all: the first
+    non-blank line must be a JSON object. If it is not (CSV, a pretty-printed JSON document,
+    binary data, another encoding), the file is refused with one error naming that line. If it
+    is, every later line that is not a JSON object becomes a placeholder row carrying where and
+    why in :data:`schema.MALFORMED_LINE`; :func:`prepare` rejects it as ``malformed_line`` and
+    the rest is curated. Blank lines are not rows."""
+    good: list[bytes] = []
+    good_lines: list[int] = []
+    bad_lines: list[int] = []
+    details: list[str] = []
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        problem = _line_problem(line)
+        if problem is None:
+            good.append(line)
+            good_lines.append(number)
+            continue
+        if not good and not bad_lines:
+            raise SourceUnavailableError(
+                f"cannot read {path}: it is not JSON lines (line {number} is {problem}; "
+                "every line of a .jsonl file must be one JSON object)"
+            )
+        bad_lines.append(number)
+        details.append(f"{path.name} line {number}: {problem}")
+    frame = pl.read_ndjson(io.BytesIO(b"\n".join(good)), infer_schema_length=None)
+    placeholders = pl.DataFrame(
+        {"_line": bad_lines, schema.MALFORMED_LINE: details}, schema={"_line": pl.Int64, schema.MALFORMED_LINE: pl.String}
+    )
+    frame = frame.with_columns(pl.Series("_line", good_lines, dtype=pl.Int64))
+    return pl.concat([frame, placeholders], how="diagonal_relaxed").sort("_line").drop("_line")
 
 
 def _concat(frames: list[pl.DataFrame], source_label: str) -> pl.DataFrame:
@@ -269,6 +372,8 @@ def prepare(source: LoadedSource, progress: Callable[[str], None] | None = None)
         frame.schema["completion"].inner, pl.Struct
     )
     assistant = _assistant_content() if completion_ok else pl.lit(None, dtype=pl.String)
+    if schema.MALFORMED_LINE not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(schema.MALFORMED_LINE))
     frame = frame.with_row_index(schema.ROW).with_columns(
         pl.col(schema.ROW).cast(pl.Int64),
         pl.col("info").struct.field("module_name").cast(pl.String).alias(schema.MODULE_NAME),
@@ -280,7 +385,9 @@ def prepare(source: LoadedSource, progress: Callable[[str], None] | None = None)
         frame = frame.with_columns(pl.lit("train").alias(schema.SOURCE_SPLIT))
     blank = lambda col: pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")  # noqa: E731
     reason = (
-        pl.when(pl.col("reward").is_null())
+        pl.when(pl.col(schema.MALFORMED_LINE).is_not_null())
+        .then(pl.lit(REJECT_MALFORMED_LINE))
+        .when(pl.col("reward").is_null())
         .then(pl.lit(REJECT_REWARD_NULL))
         .when(pl.col("reward").is_nan())
         .then(pl.lit(REJECT_REWARD_NAN))
@@ -309,8 +416,8 @@ def prepare(source: LoadedSource, progress: Callable[[str], None] | None = None)
         pl.when(blank(schema.PYTHON_CODE)).then(None).otherwise(pl.col("problem_id")).alias("problem_id")
     )
     bad = frame.filter(pl.col("_reject").is_not_null())
-    kept = frame.filter(pl.col("_reject").is_null()).drop("_reject")
-    rejected = rejections(bad, "load", pl.col("_reject"))
+    kept = frame.filter(pl.col("_reject").is_null()).drop("_reject", schema.MALFORMED_LINE)
+    rejected = rejections(bad, "load", pl.col("_reject"), detail=pl.col(schema.MALFORMED_LINE))
     if progress:
         progress(f"load: {rows_in} rows read, {kept.height} valid, {bad.height} rejected")
     return StageResult.of("load", rows_in, kept, rejected)

@@ -216,14 +216,16 @@ def prepare(loaded: loading.LoadedSource) -> PreparedSource:
         code_expr.cast(pl.String).alias(schema.PYTHON_CODE),
     )
     blank = lambda col: pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")  # noqa: E731
+    malformed = pl.col(schema.MALFORMED_LINE) if schema.MALFORMED_LINE in frame.columns else pl.lit(None, dtype=pl.String)
     reason = (
-        pl.when(blank(schema.PYTHON_CODE)).then(pl.lit(REJECT_EMPTY_PYTHON_CODE))
+        pl.when(malformed.is_not_null()).then(pl.lit(loading.REJECT_MALFORMED_LINE))
+        .when(blank(schema.PYTHON_CODE)).then(pl.lit(REJECT_EMPTY_PYTHON_CODE))
         .when(blank(schema.MODULE_NAME)).then(pl.lit(REJECT_EMPTY_MODULE_NAME))
         .when(~pl.col(schema.MODULE_NAME).str.contains(r"^[A-Za-z_][A-Za-z0-9_]*$"))
         .then(pl.lit(REJECT_INVALID_MODULE_NAME))
         .otherwise(pl.lit(None, dtype=pl.String))
     )
-    frame = frame.with_columns(reason.alias("_reject"), pl.lit(None, dtype=pl.String).alias("_reject_detail"))
+    frame = frame.with_columns(reason.alias("_reject"), malformed.alias("_reject_detail"))
     # Parse each distinct (name, code) once: it must parse and define the class it names.
     pairs = frame.filter(pl.col("_reject").is_null()).select(schema.MODULE_NAME, schema.PYTHON_CODE).unique(maintain_order=True)
     checks: dict[str, list] = {schema.MODULE_NAME: [], schema.PYTHON_CODE: [], "_check": [], "_check_detail": [], "problem_id": []}

@@ -159,6 +159,11 @@ def render_report(
         "",
         f"**n = {n:,} rows**{split_text}: every row of the judged dataset; none was dropped.",
         "",
+        *([
+            "**No rows**: the judged dataset is empty, so there is nothing to correlate and no plots. "
+            "The run summary (`run_summary.json`) and `rejected.jsonl` say why every row was dropped.",
+            "",
+        ] if n == 0 else []),
         *_judge_section(judge_info),
         "",
         "## Summary",

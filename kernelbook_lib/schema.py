@@ -73,7 +73,8 @@ SOURCE_SPLIT = "_source_split"  # which source split the row came from
 MODULE_NAME = "_module_name"  # info.module_name
 PYTHON_CODE = "_python_code"  # info.python_code
 SOLUTION = "_solution"  # the content of the last <answer>...</answer> in the assistant reply
-INTERNAL_COLUMNS: tuple[str, ...] = (ROW, SOURCE_SPLIT, MODULE_NAME, PYTHON_CODE, SOLUTION)
+MALFORMED_LINE = "_malformed_line"  # a JSONL line that is not a JSON object: where and why (else null)
+INTERNAL_COLUMNS: tuple[str, ...] = (ROW, SOURCE_SPLIT, MODULE_NAME, PYTHON_CODE, SOLUTION, MALFORMED_LINE)
 
 # --- columns every judged output row carries, after the source columns -------------------
 

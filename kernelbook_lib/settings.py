@@ -2,14 +2,32 @@
 
 Only the library reads these; tasks load them inside the task body, so neither the settings
 object nor a key is ever a Prefect parameter or a persisted result.
+
+A malformed ``.env`` is checked once, at the start of a run (:func:`check_env_file`): a line
+that sets one of these variables (or a ``PREFECT_*`` one) but cannot be parsed stops the run
+(python-dotenv would skip it and the default would silently apply: an unparsable
+``LLM_BASE_URL`` would send the key to the default endpoint); other unparsable lines give one
+warning naming the file and the line numbers. python-dotenv warns about every unparsable line
+each time anything reads the file, and Prefect reads ``.env`` for its own settings hundreds of
+times per run, in this process and in its temporary server: after the one warning, those
+repeats are silenced (:func:`silence_dotenv_repeats`).
 """
 
 from __future__ import annotations
 
+import atexit
+import io
+import json
+import logging
 import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kernelbook_lib.errors import UserError
@@ -53,18 +71,170 @@ class Settings(BaseSettings):
     hf_unique_repo: str | None = None
     hf_synthetic_repo: str | None = None
 
+    @field_validator("llm_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        # A value that swallowed the next lines (an unclosed quote in .env) or lost its scheme
+        # would send the key somewhere the user did not choose: refuse it.
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in value):
+            raise ValueError("must be an http(s) URL without spaces or line breaks, e.g. https://api.pinference.ai/api/v1")
+        return value
+
     @property
     def has_llm_key(self) -> bool:
         return self.prime_api_key is not None and bool(self.prime_api_key.get_secret_value().strip())
 
 
+def env_file_path() -> Path:
+    """The ``.env`` the settings read: ``KERNELBOOK_ENV_FILE`` (the tests point it at nothing) or ``.env``."""
+    return Path(os.environ.get("KERNELBOOK_ENV_FILE", ".env"))
+
+
 def load_settings() -> Settings:
     """Read the settings; a bad value is a :class:`UserError` naming the variable, never the value."""
     try:
-        # KERNELBOOK_ENV_FILE points at another .env (the tests point it at nothing).
-        return Settings(_env_file=os.environ.get("KERNELBOOK_ENV_FILE", ".env"))
+        return Settings(_env_file=env_file_path())
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
         )
         raise UserError(f"invalid configuration (environment or .env): {problems}") from None
+
+
+# --- the .env file, checked once per run ---------------------------------------------------
+
+#: What python-dotenv logs (logger ``dotenv.main``) for every unparsable line, on every read.
+_DOTENV_LOGGER = "dotenv.main"
+_DOTENV_PARSE_WARNING = "python-dotenv could not parse statement"
+_LINE_NAME = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)")
+
+
+def known_variables() -> frozenset[str]:
+    """The variables this project reads (``.env.example`` lists them)."""
+    return frozenset(name.upper() for name in Settings.model_fields)
+
+
+@dataclass(frozen=True)
+class EnvFileCheck:
+    path: Path
+    #: Lines python-dotenv cannot parse that set none of our variables (skipped, with a warning).
+    unparsable_lines: tuple[int, ...] = ()
+
+    def warning(self) -> str | None:
+        if not self.unparsable_lines:
+            return None
+        lines = ", ".join(str(n) for n in self.unparsable_lines)
+        return (
+            f"{self.path}: line{'s' if len(self.unparsable_lines) > 1 else ''} {lines} cannot be parsed "
+            "(expected NAME=value) and set no variable this project reads; they are ignored"
+        )
+
+
+def check_env_file(path: Path | None = None) -> EnvFileCheck:
+    """Parse ``path`` (default :func:`env_file_path`) the way python-dotenv does, once.
+
+    Raises :class:`UserError` (exit code 2) naming the line and the variable when a line that
+    sets a known variable (or a ``PREFECT_*`` one) cannot be parsed; never quotes the line (it
+    may hold a key). Returns the other unparsable lines, for one warning."""
+    from dotenv.parser import parse_stream
+
+    path = env_file_path() if path is None else Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return EnvFileCheck(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    known = known_variables()
+    fatal: list[str] = []
+    ignored: list[int] = []
+    for binding in parse_stream(io.StringIO(text)):
+        if not binding.error:
+            continue
+        line = binding.original.line
+        match = _LINE_NAME.match(binding.original.string)
+        name = match.group(1).upper() if match else ""
+        if name in known or name.startswith("PREFECT_"):
+            fatal.append(f"line {line} sets {name}")
+        else:
+            ignored.append(line)
+    if fatal:
+        raise UserError(
+            f"{path}: {'; '.join(fatal)} but cannot be parsed (expected NAME=value, with a value "
+            "containing spaces, '#' or quotes in matching quotes); fix the line: without it the "
+            "default would be used silently"
+        )
+    return EnvFileCheck(path, tuple(ignored))
+
+
+def silence_dotenv_repeats_if_unparsable() -> None:
+    """Before ``import prefect`` (``tasks/__init__.py``): Prefect's settings read ``.env`` in the
+    working directory hundreds of times while it is imported, each read repeating python-dotenv's
+    warning for every unparsable line. If there is one, silence those repeats now; the run's
+    preflight (:func:`kernelbook_lib.params.preflight`) reports the lines once, or stops the run."""
+    from dotenv.parser import parse_stream
+
+    for path in {env_file_path(), Path(".env")}:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if any(binding.error for binding in parse_stream(io.StringIO(text))):
+            silence_dotenv_repeats()
+            return
+
+
+_warned: set[tuple[str, tuple[int, ...]]] = set()
+_warned_lock = threading.Lock()
+
+
+def env_file_warning_once(check: EnvFileCheck) -> str | None:
+    """The check's warning the first time this process sees it (a run and its subflows, the CLI
+    and its flow, say it once), and silence python-dotenv's own repeats from then on."""
+    message = check.warning()
+    if message is None:
+        return None
+    silence_dotenv_repeats()
+    key = (str(check.path.absolute()), check.unparsable_lines)
+    with _warned_lock:
+        if key in _warned:
+            return None
+        _warned.add(key)
+    return message
+
+
+class _DropDotenvParseWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_DOTENV_PARSE_WARNING)
+
+
+_silenced = False
+
+
+def silence_dotenv_repeats() -> None:
+    """Drop python-dotenv's per-read "could not parse statement" warnings in this process and in
+    the temporary Prefect server it may start (once the run has said it, once). Idempotent.
+
+    The server is ``python -m uvicorn`` (Prefect's ``SubprocessASGIServer``), which applies the
+    logging configuration named by ``UVICORN_LOG_CONFIG`` before it imports Prefect: uvicorn's
+    own default configuration plus the dotenv logger at ERROR. A value the user set wins."""
+    global _silenced
+    with _warned_lock:
+        if _silenced:
+            return
+        _silenced = True
+    logging.getLogger(_DOTENV_LOGGER).addFilter(_DropDotenvParseWarnings())
+    if "UVICORN_LOG_CONFIG" in os.environ:
+        return
+    try:
+        from uvicorn.config import LOGGING_CONFIG
+    except ImportError:  # no uvicorn, no temporary server
+        return
+    config = json.loads(json.dumps(LOGGING_CONFIG))
+    config.setdefault("loggers", {})[_DOTENV_LOGGER] = {"level": "ERROR"}
+    fd, name = tempfile.mkstemp(prefix="kernelbook-uvicorn-log-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(config, handle)
+    atexit.register(lambda: Path(name).unlink(missing_ok=True))
+    os.environ["UVICORN_LOG_CONFIG"] = name

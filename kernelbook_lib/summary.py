@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,9 +26,26 @@ def check_chain(stages: list[StageReport], expected: tuple[str, ...]) -> None:
             raise ValueError(f"stage {after.name} got {after.rows_in} rows but {before.name} passed on {before.rows_out}")
 
 
+def empty_result_warnings(stages: list[StageReport]) -> list[str]:
+    """A warning naming the cause when no row is left at the end (empty datasets are written and
+    the run still finishes), else nothing: the first stage that dropped every row it got, and why."""
+    if not stages or stages[-1].rows_out:
+        return []
+    emptied = next(s for s in stages if s.rows_out == 0)
+    if emptied.rows_in == 0:
+        return [f"no rows kept: the {emptied.name} stage got no rows; the datasets are empty"]
+    reasons = ", ".join(f"{reason} {count}" for reason, count in emptied.dropped.items())
+    return [
+        f"no rows kept: the {emptied.name} stage dropped all {emptied.rows_in} rows it got ({reasons}); "
+        "the datasets are empty and rejected.jsonl lists every row with its reason"
+    ]
+
+
 class RunSummary(BaseModel):
     pipeline: str = "curate"
     version: str = __version__
+    #: New for every run: names the run its analysis belongs to (see ``hub.run_identity``).
+    run_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     source: str
     split: str
     threshold: float

@@ -7,3 +7,7 @@ prefect), so every ``import tasks.x`` / ``import flows.x`` gets a quiet, reliabl
 from tasks.runtime import configure_prefect_env
 
 configure_prefect_env()
+
+from kernelbook_lib.settings import silence_dotenv_repeats_if_unparsable  # noqa: E402
+
+silence_dotenv_repeats_if_unparsable()  # Prefect reads .env hundreds of times at import

@@ -48,10 +48,13 @@ def prepare_analysis_out(input: str, out: str | None) -> str:
 
 
 @task(name="load-judged", **ANALYSIS_TASK)
-def load_judged(input: str) -> pl.DataFrame:
-    df = analysis.load_judged(Path(input))
+def load_judged(input: str, run: dict | None = None) -> pl.DataFrame:
+    """The judged rows; their counts must be those of ``run`` (the curate run that has just
+    written them) or, without it, of the folder's ``run_summary.json``."""
+    counts = (run.get("datasets") or {}).get("filtered") if run else None
+    df = analysis.load_judged(Path(input), counts)
     splits = ", ".join(f"{e['value']} {e['n']}" for e in analysis.judge_info(df)["splits"])
-    get_run_logger().info(f"analysis: read {df.height} judged rows from {input} ({splits})")
+    get_run_logger().info(f"analysis: read {df.height} judged rows from {input} ({splits or 'no rows'})")
     return df
 
 
@@ -59,6 +62,9 @@ def load_judged(input: str) -> pl.DataFrame:
 def compute_analysis(df: pl.DataFrame) -> dict:
     result = analysis.compute_analysis(df)
     logger = get_run_logger()
+    if result["n"] == 0:
+        logger.warning("analysis: the judged dataset has no rows: nothing to correlate or plot (the report says so)")
+        return result
     for name, pair in result["pairs"].items():
         if pair.get("undefined"):
             logger.warning(f"analysis: {name} undefined: {pair['reason']}")
@@ -73,16 +79,18 @@ def compute_analysis(df: pl.DataFrame) -> dict:
 @task(name="describe-judges", **ANALYSIS_TASK)
 def describe_judges(df: pl.DataFrame) -> dict:
     info = analysis.judge_info(df)
+    if df.height == 0:
+        return info
     models = ", ".join(str(e["value"]) for e in info["judge_model"])
     get_run_logger().info(f"analysis: judged by {', '.join(str(e['value']) for e in info['judge'])} (model: {models})")
     return info
 
 
 @task(name="identify-judged-data", **ANALYSIS_TASK)
-def identify_judged(input: str) -> dict:
+def identify_judged(input: str, run: dict | None = None) -> dict:
     """Which run and which exact ``filtered`` files are analysed (listed before they are read, so
     a run that replaces them meanwhile makes the analysis look stale, never current)."""
-    return hub.analysis_identity(input)
+    return hub.analysis_identity(input, run)
 
 
 @task(name="record-analysis", **ANALYSIS_TASK)
@@ -93,7 +101,7 @@ def record_analysis(result: dict, identity: dict, plot_paths: list[str]) -> dict
 
 
 @task(name="attach-analysis", **ANALYSIS_TASK)
-def attach_analysis(input: str, out_dir: str) -> list[str]:
+def attach_analysis(input: str, out_dir: str, run: dict | None = None) -> list[str]:
     """Put the plots and the correlation table into the local ``filtered``/``unique`` folders and
     cards (they are what publish uploads). Only for an analysis in ``INPUT/analysis`` of a
     finished curate run; otherwise the cards are left as they are and the log says why."""
@@ -102,7 +110,7 @@ def attach_analysis(input: str, out_dir: str) -> list[str]:
         logger.info(f"analysis: not added to the dataset cards ({out_dir} is not {Path(input) / DEFAULT_SUBDIR}, where publish reads it)")
         return []
     try:
-        folders = hub.attach_analysis(input)
+        folders = hub.attach_analysis(input, run)
     except UserError as exc:
         logger.warning(f"analysis: not added to the dataset cards: {exc}")
         return []
@@ -121,6 +129,11 @@ def write_analysis_json(result: dict, out_dir: str) -> str:
 
 @task(name="render-plots", **ANALYSIS_TASK)
 def render_plots(df: pl.DataFrame, out_dir: str) -> list[str]:
+    if df.height == 0:
+        # Nothing to draw; plots of an earlier run in this folder would contradict the report.
+        for name in plots.PLOT_FILES:
+            (Path(out_dir) / name).unlink(missing_ok=True)
+        return []
     paths = plots.render_plots(df, Path(out_dir))
     get_run_logger().info(f"analysis: wrote {', '.join(p.name for p in paths)} in {out_dir}")
     return [str(p) for p in paths]

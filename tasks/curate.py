@@ -133,18 +133,28 @@ def judge_rows(frame: pl.DataFrame, judge: str, refresh: bool = False) -> tuple[
     raise ValueError(f"unknown judge {judge!r}")
 
 
-@task(name="check-judge-failures", **DATA_TASK)
-def check_judge_failures(judged: StageResult, max_rate: float) -> None:
-    """Fail the run (after everything is written) when too many rows could not be judged."""
+@task(name="judge-gate", **DATA_TASK)
+def judge_gate(judged: StageResult, max_rate: float) -> str | None:
+    """Why the run must fail because too many rows could not be judged (None when it need not).
+    Checked before the analysis, so a run whose judge failed says so instead of analysing nothing."""
     report = judged.report
     rate = judging.failure_rate(report.dropped, report.rows_in)
-    if rate > max_rate:
-        raise RunFailedError(
-            f"{sum(report.dropped.values())} of {report.rows_in} rows ({rate:.1%}) could not be judged "
-            f"({report.dropped}), more than --max-judge-failure-rate {max_rate:.1%}. The outputs and "
-            "rejected.jsonl are written; fix the cause and run again (judged rows are cached, so only "
-            "the failed ones are called again)."
-        )
+    if rate <= max_rate:
+        return None
+    kinds = ", ".join(f"{kind} {count}" for kind, count in report.dropped.items())
+    return (
+        f"{sum(report.dropped.values())} of {report.rows_in} rows ({rate:.1%}) could not be judged "
+        f"({kinds}), more than --max-judge-failure-rate {max_rate:.1%}; the analysis was not run. The "
+        "datasets, rejected.jsonl and run_summary.json are written; fix the cause and run again "
+        "(judged rows are cached, so only the failed ones are called again)."
+    )
+
+
+@task(name="check-judge-failures", **DATA_TASK)
+def check_judge_failures(failure: str | None) -> None:
+    """Fail the run (exit code 1), after everything is written, with the judge gate's reason."""
+    if failure is not None:
+        raise RunFailedError(failure)
 
 
 @task(name="dedupe", **DATA_TASK)
@@ -171,9 +181,18 @@ def prepare_out(out: str) -> str:
 def export_outputs(
     out: str, summary_fields: dict, filtered: pl.DataFrame, unique: pl.DataFrame, rejected: list[StageResult]
 ) -> RunSummary:
-    """Write both datasets, the JSONL files, the ledger (``rejected`` stages' dropped rows) and
-    the run summary, last."""
+    """Write both datasets, the JSONL files and the ledger (``rejected`` stages' dropped rows);
+    return the run summary, which :func:`write_run_summary` writes at the very end."""
     ledger = pl.concat([r.rejected for r in rejected])
     summary = export.write_all(out, summary_fields, filtered, unique, ledger)
-    get_run_logger().info(f"export: wrote {out}/filtered, {out}/unique, rejected.jsonl and run_summary.json")
+    get_run_logger().info(f"export: wrote {out}/filtered, {out}/unique and rejected.jsonl")
+    return summary
+
+
+@task(name="write-run-summary", **DATA_TASK)
+def write_run_summary(out: str, summary: RunSummary) -> RunSummary:
+    """``run_summary.json``, the last file of the run (after the analysis): a folder with it is
+    a finished run."""
+    summary = export.finish_run(out, summary)
+    get_run_logger().info(f"export: wrote {out}/{export.SUMMARY_FILE}")
     return summary

@@ -38,9 +38,10 @@ def prefect_console_handlers() -> list[logging.Handler]:
     return list(handlers.values())
 
 
-def curate(monkeypatch, source: Path | str, out: Path) -> tuple[int, str, list[str]]:
+def curate(monkeypatch, source: Path | str, out: Path, flow_starts: bool = True) -> tuple[int, str, list[str]]:
     """Run ``kernelbook curate --source SOURCE --judge static --out OUT``; return the exit code,
-    everything printed (the command's output and Prefect's console log), and the error lines."""
+    everything printed (the command's output and Prefect's console log), and the error lines.
+    ``flow_starts=False``: the mistake must be caught before any flow run starts."""
     console = io.StringIO()
     handlers = prefect_console_handlers()
     assert handlers, "Prefect's console log handler was not found"
@@ -50,8 +51,8 @@ def curate(monkeypatch, source: Path | str, out: Path) -> tuple[int, str, list[s
         app, ["curate", "--source", str(source), "--judge", "static", "--no-analysis", "--out", str(out)]
     )
     printed = result.output + console.getvalue()
-    # The console log really was captured: the run's first line is there.
-    assert "Beginning flow run" in console.getvalue(), printed
+    # The console log really was captured: the run's first line is there (or must not be).
+    assert ("Beginning flow run" in console.getvalue()) == flow_starts, printed
     errors = [line for line in printed.splitlines() if line.startswith("error: ")]
     return result.exit_code, printed, errors
 
@@ -127,11 +128,11 @@ def test_right_columns_wrong_types(tmp_path: Path, monkeypatch, name: str):
 
 @pytest.mark.parametrize(("out_name", "message"), [("outputs", "not a folder"), ("outputs/run1", "cannot write to --out")])
 def test_out_is_an_existing_file(tmp_path: Path, monkeypatch, out_name: str, message: str):
-    """``--out`` is a file, or a folder under a file."""
+    """``--out`` is a file, or a folder under a file: refused before any flow run starts."""
     source = fake_data.write_rows([fake_data.row(i) for i in range(3)], tmp_path / "evals.parquet")
     (tmp_path / "outputs").write_text("not a folder\n")
     out = tmp_path / out_name
-    code, printed, errors = curate(monkeypatch, source, out)
+    code, printed, errors = curate(monkeypatch, source, out, flow_starts=False)
     assert_one_clear_error(code, printed, errors, str(out), message)
     assert (tmp_path / "outputs").read_text() == "not a folder\n"  # left alone
 

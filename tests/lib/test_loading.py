@@ -116,8 +116,10 @@ def test_missing_split_and_missing_path_and_unreadable_file_are_clear(tmp_path):
     path = fake_data.write_rows([fake_data.row(0)], tmp_path / "one.parquet")
     with pytest.raises(UserError, match="has no 'validation' split; splits found: train"):
         loading.read_source(str(path), "validation")
-    with pytest.raises(SourceUnavailableError, match="neither an existing file"):
+    with pytest.raises(SourceUnavailableError, match="no such file or folder"):
         loading.read_source(str(tmp_path / "nope.parquet"))
+    with pytest.raises(SourceUnavailableError, match="neither an existing file"):
+        loading.read_source("evals")
     garbage = tmp_path / "garbage.parquet"
     garbage.write_bytes(b"\x00\x01 not parquet")
     with pytest.raises(SourceUnavailableError, match="cannot read"):
@@ -132,3 +134,70 @@ def test_unreachable_hub_says_so_and_suggests_the_sample(monkeypatch):
     with pytest.raises(SourceUnavailableError) as err:
         loading.read_source("nobody-here/not-a-dataset-xyz")
     assert "--source sample" in str(err.value)
+
+
+# --- a source that looks like a path is never sent to the Hub --------------------------------
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["mydata/evals.parquet", "evals.jsonl", "./x", "../x", "~/x", "/nope/x", "data/sub/x", "mydata/", "data\\x", "me/evals.JSONL"],
+)
+def test_a_missing_path_like_source_is_no_such_file_without_touching_the_hub(source, monkeypatch):
+    """``mydata/evals.parquet`` with a typo used to be taken for a Hub id (56 s of Hub retries)."""
+    monkeypatch.setattr(loading, "_read_hub", lambda *a, **k: pytest.fail("the Hub must not be asked"))
+    with pytest.raises(SourceUnavailableError, match="no such file or folder") as err:
+        loading.read_source(source)
+    assert err.value.exit_code == 2 and not err.value.transient
+
+
+@pytest.mark.parametrize("source", ["siro1/kernelbook-glm4-evals", "ScalingIntelligence/KernelBench", "GPUMODE/KernelBook", "me/data.v2"])
+def test_owner_name_is_a_hub_id(source, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no local folder of that name
+    assert loading.path_like_reason(source) is None
+    assert loading.classify_source(source) == "hub"
+
+
+def test_an_existing_local_folder_named_like_a_hub_id_is_local(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    fake_data.write_rows([fake_data.row(0)], tmp_path / "owner" / "name" / "train.parquet")
+    assert loading.classify_source("owner/name") == "local"
+    assert loading.read_source("owner/name").frame.height == 1
+
+
+# --- a malformed JSONL line is a rejection, a file that is not JSONL an error ----------------
+
+
+def test_a_malformed_jsonl_line_is_rejected_with_its_line_number_and_the_rest_is_curated(tmp_path):
+    lines = [json.dumps(fake_data.row(i)) for i in range(4)]
+    lines[2] = lines[2][: len(lines[2]) // 2]  # a truncated line
+    lines.insert(1, "")  # blank lines are not rows
+    lines.append("[1, 2]")  # JSON, but not an object
+    path = tmp_path / "evals.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = loading.prepare(loading.read_source(str(path)))
+    assert result.report.rows_in == 5 and result.report.rows_out == 3
+    assert result.report.dropped == {"malformed_line": 2}
+    rejected = result.rejected.sort("source_index")
+    assert rejected["reason"].to_list() == ["malformed_line", "malformed_line"]
+    details = rejected["detail"].to_list()
+    assert details[0].startswith("evals.jsonl line 4: not JSON") and details[1].startswith("evals.jsonl line 6: a JSON list")
+    assert result.frame["example_id"].to_list() == [0, 1, 3]
+    assert schema.MALFORMED_LINE not in result.frame.columns
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"example_id,reward\n1,0.9\n", "line 1 is not JSON"),
+        (b"\n[\n  {\"reward\": 0.9}\n]\n", "line 2 is not JSON"),
+        ("{\"name\": \"\u00c9chelle\"}\n".encode("latin-1"), "line 1 is not UTF-8 text"),
+    ],
+)
+def test_a_file_that_is_not_jsonl_at_all_is_one_error_naming_the_first_bad_line(tmp_path, content, problem):
+    path = tmp_path / "evals.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(SourceUnavailableError, match="it is not JSON lines") as err:
+        loading.read_source(str(path))
+    assert problem in str(err.value) and str(path) in str(err.value)

@@ -28,7 +28,7 @@ def sample_chunks() -> int:
     judged = stages.filter_rewards(loading.prepare(loading.read_source("sample")).frame).report.rows_out
     return math.ceil(judged / SMALL_CHUNK_ROWS)
 CHUNK_TASK = "judge-static-chunk"
-VOLATILE_SUMMARY_FIELDS = ("started_at", "finished_at")  # wall-clock times of the run
+VOLATILE_SUMMARY_FIELDS = ("started_at", "finished_at", "run_id")  # wall-clock times and the id of the run
 TIMESTAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d")  # in the dataset cards
 
 

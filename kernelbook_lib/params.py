@@ -1,0 +1,182 @@
+"""The parameters of each flow, declared once as a pydantic model, and the run's preflight.
+
+Every option and setting is checked here before a run reads its source or makes an LLM call
+(:func:`preflight`): the CLI calls it before it starts Prefect (a mistake costs no server
+start), and each flow calls it again at its start (deployments, ``python -m flows.x``). A
+mistake is a :class:`UserError` (one line, exit code 2) naming the option as the CLI spells it.
+
+One model per flow (:data:`MODELS`); the fields carry their defaults, bounds and help text so
+the model can become the single declaration of the parameters for the CLI, the flows and
+``prefect.yaml``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from kernelbook_lib import loading, settings
+from kernelbook_lib.errors import UserError
+from kernelbook_lib.loading import DEFAULT_SOURCE, SplitName
+from kernelbook_lib.stages import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION, GroupBy
+
+#: The default source of ``generate-prompts`` (``kernelbook_lib.prompt_gen.DEFAULT_SOURCE``;
+#: repeated so this module stays light to import, and checked equal by the tests).
+KERNELBOOK_SOURCE = "GPUMODE/KernelBook"
+
+Judge = Literal["auto", "static", "llm"]
+Backend = Literal["auto", "llm", "template"]
+TaskRunner = Literal["default", "dask"]
+#: A Dask scheduler address: ``tcp://host:port`` (also tls, ucx) or a bare ``host:port``, which
+#: Dask reads as tcp (the same rule as ``tasks/runners.py``, checked here before any work).
+DASK_ADDRESS = re.compile(r"^((tcp|tls|ucx)://)?(\[[0-9a-fA-F:]+\]|[^\s/:\[\]]+)(:\d{1,5})?/?$")
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("source", check_fields=False)
+    @classmethod
+    def _source_exists_or_is_a_hub_id(cls, value: str) -> str:
+        # Raises SourceUnavailableError (not a ValueError, so pydantic passes it through as is):
+        # "no such file or folder" for a path-like source that does not exist.
+        loading.classify_source(value)
+        return value
+
+    @field_validator("out", check_fields=False)
+    @classmethod
+    def _out_is_a_folder(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty")
+        path = Path(value).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ValueError("exists and is not a folder")
+        return value
+
+
+class _CurateOptions(_Params):
+    source: str = Field(DEFAULT_SOURCE, description="'sample' (bundled synthetic sample), a local .parquet/.jsonl file or folder, or a Hub dataset id (owner/name).")
+    split: SplitName = Field("train", description="Source split to read (the original used train).")
+    judge: Judge = Field("auto", description="llm: the LLM judge (needs PRIME_API_KEY); static: the offline AST heuristic; auto: llm when a key is configured, else static.")
+    threshold: float = Field(DEFAULT_THRESHOLD, ge=0.0, le=1.0, description="Keep rows with reward strictly above this.")
+    limit: int | None = Field(None, ge=1, description="Keep only the first N rows that pass the filter (test mode).")
+    seed: int = Field(DEFAULT_SEED, description="Seed of the problem-grouped train/validation split.")
+    val_fraction: float = Field(DEFAULT_VAL_FRACTION, gt=0.0, lt=1.0, description="Share of problems in validation.")
+    group_by: GroupBy = Field("problem_id", description="Dedupe key: problem_id (default) or module_name (the original's grouping).")
+    out: str = Field("outputs", description="Output folder.")
+
+
+class CurateParams(_CurateOptions):
+    """``kernelbook curate`` / the ``curate`` flow."""
+
+    analysis: bool = Field(True, description="Run the analysis (statistics, plots, report) at the end.")
+    refresh_judge: bool = Field(False, description="Ignore cached LLM judgements and call again.")
+    max_judge_failure_rate: float = Field(0.01, ge=0.0, le=1.0, description="Exit non-zero (after writing everything) when more than this share of rows could not be judged.")
+
+
+class RunnerParams(_Params):
+    """Where the mapped tasks run (the CLI's ``--task-runner``/``--dask-address``, and
+    ``re-evaluate``'s parameters of the same names)."""
+
+    task_runner: TaskRunner = Field("default", description="default: threads in this process; dask: a local Dask cluster (one worker process per core) or --dask-address.")
+    dask_address: str | None = Field(None, description="Scheduler address of an existing Dask cluster (with --task-runner dask).")
+
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("task_runner") != "dask":
+            raise ValueError("--dask-address needs --task-runner dask")
+        if not DASK_ADDRESS.match(value.strip()):
+            raise ValueError(
+                f"--dask-address {value!r} is not a Dask scheduler address "
+                "(expected tcp://host:port, e.g. tcp://10.0.0.5:8786)"
+            )
+        return value
+
+
+class ReevaluateParams(_CurateOptions, RunnerParams):
+    """The scheduled ``re-evaluate`` flow."""
+
+    publish: bool = Field(False, description="Upload to the Hub at the end (needs HF_TOKEN).")
+    private: bool = Field(True, description="Create private repos (default).")
+    max_judge_failure_rate: float | None = Field(None, ge=0.0, le=1.0, description="None keeps curate's default.")
+
+
+class GenerateParams(_Params):
+    """``kernelbook generate-prompts`` / the ``generate-prompts`` flow."""
+
+    source: str = Field(KERNELBOOK_SOURCE, description="'sample', a local .parquet/.jsonl file or folder, or a Hub dataset id.")
+    split: SplitName = Field("train", description="Source split to read (KernelBook has train only).")
+    backend: Backend = Field("auto", description="llm: written by GENERATOR_MODEL (needs PRIME_API_KEY); template: offline; auto: llm when a key is configured.")
+    limit: int | None = Field(None, ge=1, description="Generate for the first N distinct problems only (test mode).")
+    out: str = Field("outputs", description="Output folder (may be curate's: only the synthetic* outputs are written).")
+    refresh: bool = Field(False, description="Ignore cached LLM replies and call again.")
+
+
+MODELS: dict[str, type[_Params]] = {
+    "curate": CurateParams,
+    "re-evaluate": ReevaluateParams,
+    "generate-prompts": GenerateParams,
+    "task-runner": RunnerParams,
+}
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error.get("loc", ()) if not isinstance(p, int)]
+    field = loc[0] if loc else ""
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if message.startswith("--"):  # already a sentence naming the option
+        return message
+    message = message[:1].lower() + message[1:]
+    if error.get("type") == "extra_forbidden":
+        return f"unknown parameter {field!r}"
+    value = error.get("input")
+    shown = f" {value}" if isinstance(value, (int, float, str)) and not isinstance(value, bool) else ""
+    return f"{_flag(field)}{shown}: {message}"
+
+
+def validate_params(pipeline: str, values: dict[str, Any]) -> _Params:
+    """The validated parameters of ``pipeline``; a :class:`UserError` naming every bad option."""
+    model = MODELS[pipeline]
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise UserError("; ".join(_describe(e) for e in exc.errors())) from None
+
+
+@dataclass(frozen=True)
+class Preflight:
+    params: _Params
+    #: Things the user should see once per run (a malformed .env line that sets nothing we read).
+    warnings: tuple[str, ...]
+
+
+def preflight(pipeline: str, values: dict[str, Any]) -> Preflight:
+    """Everything checked before any work: the parameters, ``.env``, the settings, and the API
+    key when the chosen judge or backend is the LLM. Raises :class:`UserError` (exit code 2).
+
+    Never returns the settings (they hold secrets and must not become a Prefect result)."""
+    params = validate_params(pipeline, values)
+    env = settings.check_env_file()
+    if env.unparsable_lines:
+        settings.silence_dotenv_repeats()  # this check says it once, below; nothing else repeats it
+    config = settings.load_settings()
+    llm_choice = getattr(params, "judge", None) == "llm" or getattr(params, "backend", None) == "llm"
+    if llm_choice and not config.has_llm_key:
+        option = "--judge llm" if getattr(params, "judge", None) == "llm" else "--backend llm"
+        offline = "--judge static" if option == "--judge llm" else "--backend template"
+        raise UserError(
+            f"PRIME_API_KEY is not set: {option} needs an API key (environment or .env); use {offline} to run offline"
+        )
+    warning = settings.env_file_warning_once(env)
+    return Preflight(params=params, warnings=(warning,) if warning else ())

@@ -1,0 +1,94 @@
+"""One model per flow declares its parameters; the preflight checks them, .env and the settings."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+
+import pytest
+
+from kernelbook_lib import params, prompt_gen
+from kernelbook_lib.errors import SourceUnavailableError, UserError
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"val_fraction": 1.5}, "--val-fraction 1.5: input should be less than 1"),
+        ({"val_fraction": 0.0}, "--val-fraction 0.0: input should be greater than 0"),
+        ({"threshold": 2}, "--threshold 2: input should be less than or equal to 1"),
+        ({"threshold": -0.1}, "--threshold -0.1: input should be greater than or equal to 0"),
+        ({"limit": 0}, "--limit 0: input should be greater than or equal to 1"),
+        ({"max_judge_failure_rate": 1.5}, "--max-judge-failure-rate 1.5"),
+        ({"split": "test"}, "--split test: input should be 'train', 'validation' or 'all'"),
+        ({"judge": "gpt"}, "--judge gpt: input should be 'auto', 'static' or 'llm'"),
+        ({"group_by": "name"}, "--group-by name"),
+        ({"bogus": 1}, "unknown parameter 'bogus'"),
+    ],
+)
+def test_each_bad_curate_option_is_named_as_the_cli_spells_it(values, message):
+    with pytest.raises(UserError) as err:
+        params.validate_params("curate", {"source": "sample", **values})
+    assert message in str(err.value) and err.value.exit_code == 2
+
+
+def test_every_bad_option_is_reported_at_once():
+    with pytest.raises(UserError) as err:
+        params.validate_params("curate", {"source": "sample", "threshold": 2, "val_fraction": 1.5})
+    assert "--threshold" in str(err.value) and "--val-fraction" in str(err.value)
+
+
+def test_out_that_is_a_file_and_a_missing_path_source(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(UserError, match="--out .*: exists and is not a folder"):
+        params.validate_params("generate-prompts", {"source": "sample", "out": str(target)})
+    with pytest.raises(SourceUnavailableError, match="no such file or folder"):
+        params.validate_params("re-evaluate", {"source": "data/sub/x"})
+
+
+def test_dask_options():
+    with pytest.raises(UserError, match="--dask-address needs --task-runner dask"):
+        params.validate_params("task-runner", {"dask_address": "tcp://10.0.0.5:8786"})
+    with pytest.raises(UserError, match="is not a Dask scheduler address"):
+        params.validate_params("re-evaluate", {"source": "sample", "task_runner": "dask", "dask_address": "http://x y"})
+    assert params.validate_params("task-runner", {"task_runner": "dask", "dask_address": "tcp://10.0.0.5:8786"})
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "flow_module", "flow_name"),
+    [("curate", "flows.curate", "curate"), ("re-evaluate", "flows.reevaluate", "reevaluate"),
+     ("generate-prompts", "flows.generate_prompts", "generate_prompts")],
+)
+def test_each_model_matches_its_flow(pipeline, flow_module, flow_name):
+    """Until the model is the one declaration, the flow's signature and the model agree on the
+    names and the defaults (so a deployment and the CLI are checked the same way)."""
+    import importlib
+
+    flow = getattr(importlib.import_module(flow_module), flow_name)
+    signature = inspect.signature(flow.fn)
+    model = params.MODELS[pipeline]
+    assert set(signature.parameters) == set(model.model_fields)
+    for name, parameter in signature.parameters.items():
+        assert parameter.default == model.model_fields[name].default, name
+    hints = typing.get_type_hints(flow.fn)
+    assert typing.get_args(hints["split"]) == typing.get_args(model.model_fields["split"].annotation)
+
+
+def test_generate_default_source_is_prompt_gens():
+    assert params.KERNELBOOK_SOURCE == prompt_gen.DEFAULT_SOURCE
+
+
+def test_preflight_checks_the_key_for_the_llm_choices(monkeypatch):
+    monkeypatch.delenv("PRIME_API_KEY", raising=False)
+    with pytest.raises(UserError, match="--judge llm needs an API key"):
+        params.preflight("curate", {"source": "sample", "judge": "llm"})
+    with pytest.raises(UserError, match="--backend llm needs an API key"):
+        params.preflight("generate-prompts", {"source": "sample", "backend": "llm"})
+    assert params.preflight("curate", {"source": "sample", "judge": "auto"}).warnings == ()
+
+
+def test_preflight_checks_the_settings(monkeypatch):
+    monkeypatch.setenv("LLM_TIMEOUT_S", "-1")
+    with pytest.raises(UserError, match="LLM_TIMEOUT_S"):
+        params.preflight("curate", {"source": "sample"})
