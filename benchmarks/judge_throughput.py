@@ -43,6 +43,7 @@ def main() -> None:
 
     from prefect import flow
 
+    from kernelbook_lib.rubric import JUDGE_TASK
     from tests.fixtures.fake_data import judge_requests
     from tests.fixtures.llm_server import LLMTestServer
     from tasks.llm import run_llm_requests
@@ -53,7 +54,7 @@ def main() -> None:
 
     @flow(name="judge-throughput")
     def judge(label: str):
-        return run_llm_requests(requests, progress_label=label)
+        return run_llm_requests(JUDGE_TASK, requests, progress_label=label)
 
     @flow(name="warm-up")
     def warm_up() -> None:
