@@ -211,6 +211,14 @@ class _Renderable:
         self.progress = progress
 
     def __rich__(self) -> Any:
+        try:
+            return self._render()
+        except Exception as exc:  # noqa: BLE001 - an error in the display thread must not end the run
+            from rich.text import Text
+
+            return Text(f"{self.progress.line()} (display error: {type(exc).__name__})")
+
+    def _render(self) -> Any:
         from rich.progress_bar import ProgressBar
         from rich.table import Table
         from rich.text import Text
@@ -220,7 +228,10 @@ class _Renderable:
         grid = Table.grid(padding=(0, 1))
         grid.add_row(
             Text(p.label, style="bold"),
-            ProgressBar(total=max(s["total"], 1), completed=min(s["done"], max(s["total"], 1)), width=30),
+            # Colours, not theme names: Prefect's console has a theme of its own without rich's
+            # "bar.*" styles, and a missing style is an error in the display thread.
+            ProgressBar(total=max(s["total"], 1), completed=min(s["done"], max(s["total"], 1)), width=30,
+                        style="grey35", complete_style="cyan", finished_style="green", pulse_style="cyan"),
             Text(f"{s['done']}/{s['total']} {p.unit}"),
             Text(f"{s['percent']:.1f}%"),
             Text(f"{s['rate']:.1f} {p.rate_unit}/s"),
