@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kernelbook_lib.errors import UserError
 
-if TYPE_CHECKING:  # the SDK is imported lazily: importing it costs ~0.3 s
+if TYPE_CHECKING:  # the SDK is imported lazily, only where a call is made (docs/design.md, "Imports")
     from openai import AsyncOpenAI
 
     from kernelbook_lib.settings import Settings
@@ -56,7 +56,7 @@ def strict_json_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 def json_schema_response_format(name: str, model: type[BaseModel]) -> dict[str, Any]:
     """A strict ``response_format`` for ``model``. Build it once per task, never per call
-    (rebuilding the schema per call halves throughput, see docs/design.md, "The call")."""
+    (docs/design.md, "The call")."""
     return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": strict_json_schema(model)}}
 
 
@@ -371,8 +371,8 @@ _SSL_CONTEXT: Any = None
 
 
 def _ssl_context() -> Any:
-    """One TLS context per process, shared by every client (building one loads the CA bundle,
-    ~25 ms, which would otherwise be paid per client)."""
+    """One TLS context per process, shared by every client: building one loads the CA bundle,
+    which would otherwise be paid per client (docs/design.md, "HTTP clients")."""
     global _SSL_CONTEXT
     if _SSL_CONTEXT is None:
         import httpx2

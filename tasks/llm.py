@@ -65,7 +65,7 @@ import tasks  # noqa: F401  (Prefect environment defaults, before prefect)
 from prefect import get_run_logger, task
 from prefect.logging import get_logger
 from prefect._internal.compatibility.async_dispatch import async_dispatch
-from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
+from prefect.artifacts import ProgressArtifact, TableArtifact, aupdate_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
@@ -110,7 +110,10 @@ PROGRESS_EVERY_S = 5.0
 #: The progress display's numbers are refreshed this often.
 PROGRESS_TICK_S = 0.5
 #: The Prefect progress artifact is updated at most this often (one API call each).
-ARTIFACT_EVERY_S = 5.0
+ARTIFACT_EVERY_S = 10.0
+#: Freeze the heap while the calls run (docs/design.md, "Garbage collection"); off only to
+#: measure the difference (``benchmarks/judge_throughput.py --no-gc-freeze``).
+FREEZE_GC = True
 
 
 # --- the cache: Prefect's ResultStore on the cache directory ---------------------------------
@@ -944,11 +947,13 @@ async def arun_llm_requests(
     artifact = await _ProgressArtifact.create(label, tally, logger)
     # Everything alive now (Prefect, the SDK, the requests) lives until the end: freeze it so
     # the collector's full passes skip it (docs/design.md, "Garbage collection").
-    gc.freeze()
+    frozen = FREEZE_GC
+    if frozen:
+        gc.freeze()
     reporter.start()
     progress = asyncio.ensure_future(_report_progress(run, reporter, artifact, settings))
     running: list[asyncio.Task[list[LLMOutcome]]] = []
-    finished = False
+    finished = gathered = False
     try:
         for chunk_no, chunk in enumerate(chunks):
             # Start the next chunk when fewer calls than the limit are queued, so a freed slot
@@ -963,19 +968,21 @@ async def arun_llm_requests(
             chunk_run.add_done_callback(lambda future, n=chunk_no: run.chunk_finished(n, future))
             running.append(chunk_run)
         results = await asyncio.gather(*running, return_exceptions=True)
+        gathered = True
         finished = run.auth_error is None and not any(isinstance(r, BaseException) for r in results)
     finally:
         progress.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await progress
         reporter.update(tally.done, rate_count=run.calls_made, fields=_progress_fields(run, settings))
         reporter.close(note="finished" if finished else "stopped")
         await pool.close()
         await run.close_clients()
         _RUNS.pop(run.token, None)
-        gc.unfreeze()
-        if artifact is not None:
-            await artifact.finish(run)
+        if frozen:
+            gc.unfreeze()
+        if artifact is not None and not gathered:  # cancelled or broken: no more API calls
+            await artifact.close()
+    if artifact is not None:
+        await artifact.finish(run)
     if run.auth_error is not None:
         logger.error(f"{label}: {run.auth_error}")
         raise run.auth_error
@@ -1028,7 +1035,7 @@ def _progress_fields(run: _RunState, settings: Settings) -> dict[str, str]:
     share = f" ({100 * run.cached_prompt_tokens / run.prompt_tokens:.0f}% cached)" if run.cached_prompt_tokens else ""
     cost = llm.estimated_cost(run.prompt_tokens, run.completion_tokens, settings, run.cached_prompt_tokens)
     return {
-        "cached": str(tally.cache_hits),
+        "cache hits": str(tally.cache_hits),
         "failed": failed,
         "calls": str(run.calls_made),
         "tokens": f"{format_count(run.prompt_tokens)} in{share} / {format_count(run.completion_tokens)} out",
@@ -1050,11 +1057,13 @@ async def _report_progress(run: _RunState, reporter: Progress, artifact: _Progre
 class _ProgressArtifact:
     """The stage's Prefect artifacts: ``<label>-progress`` (done/total in percent, updated while
     the calls run) and, at the end, ``<label>-failures`` (a table of the failures by kind).
-    Created only inside a flow or task run; an API error is a warning, never a failed run."""
+    Created only inside a flow or task run, through one API client for the stage; an API error
+    is a warning, never a failed run."""
 
-    def __init__(self, label: str, artifact_id: Any, logger: Any) -> None:
+    def __init__(self, label: str, client: Any, artifact_id: Any, logger: Any) -> None:
         self.label = label
         self.progress_key, self.failures_key = artifact_keys(label)
+        self.client = client
         self.artifact_id = artifact_id
         self.logger = logger
         self.last_percent: float | None = None
@@ -1067,15 +1076,19 @@ class _ProgressArtifact:
         except MissingContextError:
             return None
         progress_key, _ = artifact_keys(label)
+        client = get_client()
         try:
-            artifact_id = await acreate_progress_artifact(
-                progress=_percent(tally), key=progress_key,
+            await client.__aenter__()
+            created = await ProgressArtifact(
+                key=progress_key, progress=_percent(tally),
                 description=f"{label}: LLM requests answered, of {tally.requests} ({tally.distinct} distinct prompts)",
-            )
+            ).acreate(client)
         except Exception as exc:  # noqa: BLE001
             logger.warning(f"{label}: could not create the Prefect progress artifact {progress_key!r}: {exc}")
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
             return None
-        artifact = cls(label, artifact_id, logger)
+        artifact = cls(label, client, created.id, logger)
         artifact.last_percent = _percent(tally)
         return artifact
 
@@ -1084,7 +1097,7 @@ class _ProgressArtifact:
         if percent == self.last_percent:
             return
         try:
-            await aupdate_progress_artifact(self.artifact_id, progress=percent)
+            await aupdate_progress_artifact(self.artifact_id, progress=percent, client=self.client)
             self.last_percent = percent
         except Exception as exc:  # noqa: BLE001
             if not self.warned:
@@ -1092,24 +1105,29 @@ class _ProgressArtifact:
                 self.logger.warning(f"{self.label}: could not update the Prefect progress artifact: {exc}")
 
     async def finish(self, run: _RunState) -> None:
-        await self.update(run.tally)
-        examples: dict[str, str] = {}
-        for outcome in run.final.values():
-            if not outcome.ok and outcome.failure_kind not in examples:
-                examples[outcome.failure_kind or "unknown"] = outcome.failure_detail or ""
-        table = [
-            {"failure": kind, "requests": count, "ledger reason": llm.ledger_reason(run.task.name, kind),
-             "example": examples.get(kind, "")}
-            for kind, count in sorted((+run.tally.failures_by_kind).items())
-        ]
+        """The last progress value and the failures table, then the client is closed."""
         try:
-            await acreate_table_artifact(
-                table=table, key=self.failures_key,
-                description=(f"{self.label}: {run.tally.failed} of {run.tally.requests} requests failed, by kind"
-                             if table else f"{self.label}: no failures among {run.tally.requests} requests"),
-            )
+            await self.update(run.tally)
+            examples: dict[str, str] = {}
+            for outcome in run.final.values():
+                if not outcome.ok and (outcome.failure_kind or "unknown") not in examples:
+                    examples[outcome.failure_kind or "unknown"] = outcome.failure_detail or ""
+            table = [
+                {"failure": kind, "requests": count, "ledger reason": llm.ledger_reason(run.task.name, kind),
+                 "example": examples.get(kind, "")}
+                for kind, count in sorted((+run.tally.failures_by_kind).items())
+            ]
+            description = (f"{self.label}: {run.tally.failed} of {run.tally.requests} requests failed, by kind"
+                           if table else f"{self.label}: no failures among {run.tally.requests} requests")
+            await TableArtifact(key=self.failures_key, table=table, description=description).acreate(self.client)
         except Exception as exc:  # noqa: BLE001
             self.logger.warning(f"{self.label}: could not create the Prefect artifact {self.failures_key!r}: {exc}")
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.__aexit__(None, None, None)
 
 
 def _percent(tally: Tally) -> float:

@@ -78,7 +78,7 @@ def test_a_terminal_gets_a_live_display_with_every_figure(clock):
     try:
         assert p.live
         clock.now += 10
-        p.update(50, rate_count=50, fields={"cached": "0", "failed": "2 (+1 retrying)", "tokens": "1.2M in (40% cached) / 80k out",
+        p.update(50, rate_count=50, fields={"cache hits": "0", "failed": "2 (+1 retrying)", "tokens": "1.2M in (40% cached) / 80k out",
                                            "cost": "$0.42"})
         p._live.refresh()
         shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buffer.getvalue())

@@ -316,7 +316,7 @@ def test_every_count_of_cache_hits_agrees_with_the_accounting(llm_server, llm_en
     acc = again.accounting
     assert acc["cache_hits"] == sum(o.cached for o in again.outcomes) == 6  # rows 0-3 and both repeats
     assert acc["calls_made"] == 2 and acc["succeeded"] == 8
-    logged = [int(a or b) for a, b in re.findall(r"(\d+) answered from the cache|cached (\d+)", caplog.text)]
+    logged = [int(a or b) for a, b in re.findall(r"(\d+) answered from the cache|cache hits (\d+)", caplog.text)]
     assert len(logged) >= 2 and set(logged) == {acc["cache_hits"]}, logged
     final = [line for line in caplog.text.splitlines() if "(finished)" in line]
     assert len(final) == 1 and "judge: 8/8 requests done (100.0%)" in final[0] and "calls 2" in final[0]
