@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import pickle
+import re
 import subprocess
 import sys
 
@@ -371,3 +372,18 @@ def test_the_cached_input_price_is_a_setting(monkeypatch):
     monkeypatch.setenv("LLM_PRICE_CACHED_INPUT_PER_MTOK", "-1")
     with pytest.raises(UserError, match="LLM_PRICE_CACHED_INPUT_PER_MTOK"):
         load_settings()
+
+
+def test_every_design_reference_in_the_code_names_a_section_of_the_design_note():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    headings = {line[3:].strip() for line in (root / "docs" / "design.md").read_text().splitlines()
+                if line.startswith("## ")}
+    cited = []
+    for folder in ("kernelbook_lib", "tasks", "flows", "benchmarks"):
+        for path in (root / folder).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            assert "design note" not in text, f"{path}: name docs/design.md and its section"
+            cited += [(path.name, name) for name in re.findall(r'docs/design\.md, "([^"]+)"', text)]
+    assert cited and all(name in headings for _, name in cited), [c for c in cited if c[1] not in headings]
