@@ -143,7 +143,8 @@ class Progress:
         return self
 
     def close(self, *, note: str = "finished") -> None:
-        """Stop the live display and emit the final line (once)."""
+        """Stop the live display and emit the final line (once). A stage that stopped before
+        doing anything (a user mistake found at its start) emits none: the error says it all."""
         if self._closed:
             return
         self._closed = True
@@ -153,7 +154,8 @@ class Progress:
                 live.stop()
             except Exception:  # noqa: BLE001
                 pass
-        self.emit(self.line() + (f" ({note})" if note else ""))
+        if note == "finished" or self._done != self._start_done:
+            self.emit(self.line() + (f" ({note})" if note else ""))
 
     # --- updates ---------------------------------------------------------------------------
 

@@ -152,3 +152,16 @@ def test_format_duration(seconds, text):
 @pytest.mark.parametrize(("n", "text"), [(950, "950"), (12_345, "12.3k"), (4_560_000, "4.56M"), (250_000, "250k")])
 def test_format_count(n, text):
     assert format_count(n) == text
+
+
+def test_a_stage_stopped_before_any_work_emits_no_final_line(clock):
+    lines: list[str] = []
+    with pytest.raises(ValueError):
+        with Progress("load", 10, emit=lines.append, mode="plain"):
+            raise ValueError("the source has no rows")
+    assert lines == []
+    with pytest.raises(ValueError):
+        with Progress("judge", 10, emit=lines.append, mode="plain") as p:
+            p.update(4)
+            raise ValueError("HTTP 401")
+    assert len(lines) == 1 and lines[0].startswith("judge: 4/10 rows done") and lines[0].endswith("(stopped)")
