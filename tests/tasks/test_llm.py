@@ -373,3 +373,24 @@ def test_progress_and_failures_are_prefect_artifacts_with_stable_keys(make_llm_s
                                                  python_code="import torch\nclass Gate(torch.nn.Module):\n    pass\n")
     run_in_flow([spec], task=prompt_gen.SPECIFICATION_TASK)
     assert read_artifacts("generate-progress") and read_artifacts("generate-failures")
+
+
+def test_the_progress_artifact_is_updated_while_the_calls_run(make_llm_server, llm_env, monkeypatch):
+    import tasks.llm as llm_tasks
+
+    server = make_llm_server(latency=0.3)
+    llm_env(server, llm_concurrency=1)
+    monkeypatch.setattr(llm_tasks, "PROGRESS_TICK_S", 0.05)
+    monkeypatch.setattr(llm_tasks, "ARTIFACT_EVERY_S", 0.0)
+    seen: list[float] = []
+    real_update = llm_tasks.aupdate_progress_artifact
+
+    async def recording_update(artifact_id, progress, **kwargs):
+        seen.append(progress)
+        return await real_update(artifact_id, progress=progress, **kwargs)
+
+    monkeypatch.setattr(llm_tasks, "aupdate_progress_artifact", recording_update)
+    run_in_flow(judge_requests(4, seed=5), progress_label="judge")
+    assert seen == sorted(seen) and seen[-1] == 100.0
+    assert [p for p in seen if 0 < p < 100], seen  # at least one value between the start and the end
+    assert float(sorted(read_artifacts("judge-progress"), key=lambda a: a.created)[-1].data) == 100.0
