@@ -9,6 +9,10 @@ from synthetic modules and solutions of realistic size, and judges them inside a
 wall time as a % of the first run (target < 10 %).
 
     uv run python benchmarks/judge_throughput.py [--calls 7181] [--latency 1.0] [--concurrency 64,256]
+        [--no-gc-freeze]
+
+``--no-gc-freeze`` runs without ``tasks.llm.FREEZE_GC`` (the collector's full passes then walk
+the whole heap during the calls), to measure what freezing it buys (docs/design.md).
 
 The machine may be shared: other processes depress the figures.
 """
@@ -31,6 +35,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=7181)
     parser.add_argument("--latency", type=float, default=1.0)
     parser.add_argument("--concurrency", default="64,256", help="comma-separated; the first is re-run warm")
+    parser.add_argument("--no-gc-freeze", action="store_true", help="do not freeze the heap during the calls")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",") if c]
 
@@ -43,17 +48,21 @@ def main() -> None:
 
     from prefect import flow
 
+    from kernelbook_lib.rubric import JUDGE_TASK
     from tests.fixtures.fake_data import judge_requests
     from tests.fixtures.llm_server import LLMTestServer
+    import tasks.llm
     from tasks.llm import run_llm_requests
 
+    tasks.llm.FREEZE_GC = not args.no_gc_freeze
     requests = judge_requests(args.calls, seed=7)
     chars = sum(r.prompt_chars for r in requests) / len(requests)
-    print(f"{len(requests)} judge requests, mean prompt {chars:,.0f} characters; latency {args.latency}s", flush=True)
+    print(f"{len(requests)} judge requests, mean prompt {chars:,.0f} characters; latency {args.latency}s"
+          + ("; heap not frozen" if args.no_gc_freeze else ""), flush=True)
 
     @flow(name="judge-throughput")
     def judge(label: str):
-        return run_llm_requests(requests, progress_label=label)
+        return run_llm_requests(JUDGE_TASK, requests, progress_label=label)
 
     @flow(name="warm-up")
     def warm_up() -> None:

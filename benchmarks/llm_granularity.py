@@ -143,6 +143,7 @@ async def _bare(requests, concurrency: int, per_client: int | None = None) -> No
     import asyncio
 
     from kernelbook_lib import llm
+    from kernelbook_lib.rubric import JUDGE_TASK
     from kernelbook_lib.settings import load_settings
 
     settings = load_settings()
@@ -156,7 +157,7 @@ async def _bare(requests, concurrency: int, per_client: int | None = None) -> No
         async with gate:
             slot = slots.pop()
             try:
-                result = await llm.call(clients[slot // per_client], request)
+                result = await llm.call(clients[slot // per_client], JUDGE_TASK, request)
             finally:
                 slots.append(slot)
             assert result.failure is None, result.failure
@@ -222,6 +223,7 @@ def _task_per_call_runner():
 
     from kernelbook_lib import llm
     from kernelbook_lib.llm import LLMOutcome
+    from kernelbook_lib.rubric import JUDGE_TASK
     from kernelbook_lib.settings import load_settings
     from tasks import llm as tl
 
@@ -242,8 +244,9 @@ def _task_per_call_runner():
     async def run_all(requests) -> list[LLMOutcome]:
         cap = await tl.ensure_concurrency_limit(settings.llm_concurrency_limit_name, settings.llm_concurrency, _Quiet())
         pool = tl.SlotPool(settings.llm_concurrency_limit_name, cap)
-        run = tl._RunState(token=uuid.uuid4().hex, label="bench", pool=pool, store=tl.result_store(settings),
-                           retries=settings.llm_retries, total=len(requests), persist_calls=False)
+        run = tl._RunState(token=uuid.uuid4().hex, label="bench", task=JUDGE_TASK, pool=pool,
+                           store=tl.result_store(settings), retries=settings.llm_retries,
+                           tally=tl.Tally.of(requests), persist_calls=False)
         run.ensure_clients(settings)  # shared by all task runs: the fair best case
         run.secrets = (llm.require_api_key(settings),)
         tl._RUNS[run.token] = run
@@ -305,7 +308,9 @@ def worker(args: argparse.Namespace) -> None:
 
             @flow(name=f"bench-{args.worker}")
             def bench():
-                res = tl.run_llm_requests(requests, progress_label="bench", chunk_size=args.chunk_size)
+                from kernelbook_lib.rubric import JUDGE_TASK
+
+                res = tl.run_llm_requests(JUDGE_TASK, requests, progress_label="bench", chunk_size=args.chunk_size)
                 return res.accounting["succeeded"]
 
         start_server_cpu = _cpu(server)

@@ -115,6 +115,7 @@ def worker_llm(mode: str, src: str, out: str, calls: int) -> None:
         wall = time.perf_counter() - start
         accounting = summary["llm"]
     else:
+        from kernelbook_lib.rubric import JUDGE_TASK
         from tests.fixtures.fake_data import judge_requests
         from tasks.llm import run_llm_requests
 
@@ -122,7 +123,7 @@ def worker_llm(mode: str, src: str, out: str, calls: int) -> None:
 
         @flow(name="bench-judge")
         def bench() -> dict:
-            return run_llm_requests(requests, progress_label="judge").accounting
+            return run_llm_requests(JUDGE_TASK, requests, progress_label="judge").accounting
 
         start = time.perf_counter()
         accounting = bench()

@@ -12,7 +12,7 @@ import polars as pl
 from kernelbook_lib import schema
 from kernelbook_lib.ledger import StageResult, rejections
 from kernelbook_lib.llm import ledger_reason, LLMOutcome, LLMRequest
-from kernelbook_lib.rubric import JUDGE_PROMPT_VERSION, JudgeReply, build_judge_messages
+from kernelbook_lib.rubric import JUDGE_PROMPT_VERSION, JUDGE_TASK, JudgeReply
 from kernelbook_lib.stages import add_score
 from kernelbook_lib.static_judge import STATIC_JUDGE_NAME, analyze_module, difficulty_of, style_of, verdict_rationale
 
@@ -72,19 +72,14 @@ def apply_verdicts(frame: pl.DataFrame, verdicts: pl.DataFrame) -> StageResult:
 # --- the LLM judge ----------------------------------------------------------------------
 
 LLM_JUDGE_NAME = "llm"
-JUDGE_PURPOSE = "judge"  # the reply parser registered in kernelbook_lib.llm
 
 
 def llm_judge_requests(frame: pl.DataFrame, model: str) -> list[LLMRequest]:
-    """One request per row: the full PyTorch module and the full solution (never truncated).
-    Rows with the same prompt share a cache key, so a duplicate is paid for once."""
+    """One :data:`~kernelbook_lib.rubric.JUDGE_TASK` request per row: the full PyTorch module and
+    the full solution (never truncated). Rows with the same prompt share a cache key, so a
+    duplicate is paid for once."""
     return [
-        LLMRequest.build(
-            model=model,
-            prompt_version=JUDGE_PROMPT_VERSION,
-            purpose=JUDGE_PURPOSE,
-            messages=build_judge_messages(module_name, code, answer),
-        )
+        JUDGE_TASK.request(model, module_name=module_name, python_code=code, solution=answer)
         for module_name, code, answer in frame.select(schema.MODULE_NAME, schema.PYTHON_CODE, schema.SOLUTION).iter_rows()
     ]
 

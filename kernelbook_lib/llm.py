@@ -1,81 +1,120 @@
-"""Generic LLM requests to an OpenAI-compatible endpoint: requests, outcomes, cache records,
-failure classification and the call itself. No orchestration here (``tasks/llm.py`` runs these
-through Prefect: retries, caching and the concurrency limit are Prefect's).
+"""Generic LLM requests to an OpenAI-compatible endpoint: tasks, requests, outcomes, cache
+records, failure classification and the call itself. No orchestration here (``tasks/llm.py``
+runs these through Prefect: retries, caching and the concurrency limit are Prefect's), and no
+concrete task: the judge's lives in ``rubric.py``, the prompt generator's in ``prompt_gen.py``.
 
 Vocabulary:
 
+- an :class:`LLMTask` is one kind of request (the judge, the prompt generator): it builds the
+  messages from a row's fields with its prompt templates, names the reply format it asks for,
+  and parses and checks a reply *with the request in hand* (``parse(reply, request)``), so a
+  check that depends on the row (the generator's "names ``{module_name}New``") needs no state
+  outside the request. A task holds no per-run state and pickles (it travels with requests);
 - an :class:`LLMRequest` is one chat completion to make; its ``key`` is a SHA-256 over the model,
-  the prompt version and the full prompt text (never the API key, never a row position), so the
-  same question always hits the same cache entry;
-- a *purpose* (``"judge"``, later the prompt generator's) names how a reply is validated: a
-  reply its parser rejects is an ``invalid_reply`` failure, which is transient (retried);
+  the prompt version and the full prompt text (never the API key, never a row position, never
+  the task object), so the same question always hits the same cache entry;
 - an :class:`LLMOutcome` is what the caller gets back for every request, in request order:
   the parsed reply, or a failure kind with a short detail that never holds a secret.
 
-The SDK's own retries are off (``max_retries=0``): there is ONE retry policy, Prefect's.
+A reply the task's ``parse`` rejects is an ``invalid_reply`` failure, which is transient
+(retried). The SDK's own retries are off (``max_retries=0``): there is ONE retry policy, Prefect's.
 """
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kernelbook_lib import rubric
 from kernelbook_lib.errors import UserError
 
-if TYPE_CHECKING:  # the SDK is imported lazily: importing it costs ~0.3 s
+if TYPE_CHECKING:  # the SDK is imported lazily, only where a call is made (docs/design.md, "Imports")
     from openai import AsyncOpenAI
 
     from kernelbook_lib.settings import Settings
 
-# --- purposes: how each kind of reply is validated ----------------------------------------
+
+# --- tasks: how one kind of request is built and its replies read ---------------------------
 
 
-@dataclass(frozen=True)
-class Purpose:
-    """How requests of one kind are sent and their replies validated.
-
-    ``parse`` turns the reply text into a JSON-able dict or raises ``ValueError`` (an invalid
-    reply). ``reply_model`` re-validates a reply read back from the cache. ``response_format``
-    is sent with every request of this purpose (built once, never per call)."""
-
-    name: str
-    parse: Callable[[str], dict[str, Any]]
-    reply_model: type[BaseModel] | None = None
-    response_format: Mapping[str, Any] | None = None
+def strict_json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema in the form OpenAI's strict structured outputs require:
+    every property required and no additional properties."""
+    schema = copy.deepcopy(model.model_json_schema())
+    schema["additionalProperties"] = False
+    schema["required"] = list(schema["properties"])
+    return schema
 
 
-_PURPOSES: dict[str, Purpose] = {}
+def json_schema_response_format(name: str, model: type[BaseModel]) -> dict[str, Any]:
+    """A strict ``response_format`` for ``model``. Build it once per task, never per call
+    (docs/design.md, "The call")."""
+    return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": strict_json_schema(model)}}
 
 
-def register_purpose(purpose: Purpose) -> None:
-    """Register (or replace) a purpose. Modules that define a purpose register it at import."""
-    _PURPOSES[purpose.name] = purpose
+class LLMTask:
+    """One kind of LLM request, in the spirit of distilabel's ``format_input`` /
+    ``format_output``: :meth:`messages` formats a row's fields into chat messages with the
+    task's prompt templates, :meth:`parse` reads a reply with its request in hand.
 
+    A subclass sets the class attributes and implements :meth:`parse`. The system prompt is
+    fixed (no per-row field) and comes first, then the user template: every request of a task
+    starts with the same text, so a provider's prefix cache can serve it. A task instance has
+    no state of its own, so it pickles (to a Dask worker) and compares equal to a fresh one.
+    """
 
-def get_purpose(name: str) -> Purpose:
-    try:
-        return _PURPOSES[name]
-    except KeyError:
-        raise ValueError(f"unknown LLM request purpose {name!r}; known: {sorted(_PURPOSES)}") from None
+    #: Names the task in requests and cache records ("judge", "generate").
+    name: ClassVar[str]
+    #: Part of every cache key: change it whenever a template, the reply format or the reply
+    #: checks change, so a reply given or accepted under other rules is never reused.
+    prompt_version: ClassVar[str]
+    system_prompt: ClassVar[str]
+    #: ``str.format`` template over the row's fields (values are inserted whole, never cut).
+    user_template: ClassVar[str]
+    #: Sent with every request (built once); ``None`` asks for plain text.
+    response_format: ClassVar[Mapping[str, Any] | None] = None
+    #: Re-validates a reply read back from the cache.
+    reply_model: ClassVar[type[BaseModel]]
+    #: The row fields :meth:`parse` needs, kept on the request (``request.context``).
+    context_fields: ClassVar[tuple[str, ...]] = ()
 
+    def messages(self, **fields: str) -> list[dict[str, str]]:
+        """The chat messages for one row: the fixed system prompt, then the user template."""
+        return [{"role": "system", "content": self.system_prompt},
+                {"role": "user", "content": self.user_template.format(**fields)}]
 
-register_purpose(
-    Purpose(
-        name="judge",
-        parse=lambda content: rubric.parse_judge_reply(content).model_dump(),
-        reply_model=rubric.JudgeReply,
-        response_format=rubric.JUDGE_RESPONSE_FORMAT,
-    )
-)
+    def request(self, model: str, **fields: str) -> LLMRequest:
+        """The request for one row (its key covers the model, the prompt version and the
+        messages; ``context`` keeps the fields :meth:`parse` needs)."""
+        return LLMRequest.build(model=model, task=self, messages=self.messages(**fields),
+                                context={name: fields[name] for name in self.context_fields})
+
+    def parse(self, reply: str, request: LLMRequest) -> dict[str, Any]:
+        """The reply text as a JSON-able dict, checked for ``request``; raises ``ValueError``
+        (an invalid reply, retried) for anything unusable."""
+        raise NotImplementedError
+
+    def stored_reply(self, stored: Any, request: LLMRequest) -> dict[str, Any]:
+        """A reply read back from the cache, re-validated (raises ``ValueError``)."""
+        return self.reply_model.model_validate(stored).model_dump()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, prompt_version={self.prompt_version!r})"
+
 
 # --- requests and outcomes --------------------------------------------------------------------
 
@@ -98,33 +137,46 @@ def request_key(model: str, prompt_version: str, messages: Sequence[Mapping[str,
 
 
 class LLMRequest(BaseModel):
-    """One chat completion to make. Build it with :meth:`build` so the key is always right."""
+    """One chat completion to make. Build it with :meth:`LLMTask.request` (or :meth:`build`)
+    so the key is always right."""
 
     model_config = ConfigDict(frozen=True)
 
     key: str
     model: str
     prompt_version: str
-    purpose: str
+    task: str  # the LLMTask's name; the task object itself travels beside the requests
     messages: tuple[dict[str, str], ...]
+    #: The row fields the task's ``parse`` needs (not part of the key: the messages hold them).
+    context: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
-    def build(
-        cls, *, model: str, prompt_version: str, purpose: str, messages: Sequence[Mapping[str, str]]
-    ) -> LLMRequest:
-        get_purpose(purpose)  # fail at build time, not after thousands of calls
+    def build(cls, *, model: str, task: LLMTask, messages: Sequence[Mapping[str, str]],
+              context: Mapping[str, str] | None = None) -> LLMRequest:
         msgs = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in messages)
         return cls(
-            key=request_key(model, prompt_version, msgs),
+            key=request_key(model, task.prompt_version, msgs),
             model=model,
-            prompt_version=prompt_version,
-            purpose=purpose,
+            prompt_version=task.prompt_version,
+            task=task.name,
             messages=msgs,
+            context=dict(context or {}),
         )
 
     @property
     def prompt_chars(self) -> int:
         return sum(len(m["content"]) for m in self.messages)
+
+
+def check_requests(task: LLMTask, requests: Iterable[LLMRequest]) -> None:
+    """Raise ``ValueError`` unless every request was built by ``task`` (a caller's bug: fail
+    before the first call, not after thousands)."""
+    for request in requests:
+        if request.task != task.name or request.prompt_version != task.prompt_version:
+            raise ValueError(
+                f"request {request.key[:12]} was built for task {request.task!r} ({request.prompt_version}), "
+                f"not for {task.name!r} ({task.prompt_version})"
+            )
 
 
 class LLMOutcome(BaseModel):
@@ -141,6 +193,8 @@ class LLMOutcome(BaseModel):
     reply: dict[str, Any] | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Of ``prompt_tokens``, those the provider served from its prompt (prefix) cache.
+    cached_prompt_tokens: int = 0
     cached: bool = False
     calls: int = Field(default=0, ge=0)
     failure_kind: str | None = None
@@ -154,7 +208,7 @@ RATE_LIMITED = "rate_limited"  # 429
 SERVER_ERROR = "server_error"  # 5xx
 TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection_error"
-INVALID_REPLY = "invalid_reply"  # the purpose's parser rejected the reply
+INVALID_REPLY = "invalid_reply"  # the task's parse rejected the reply
 BAD_REQUEST = "bad_request"  # 400, 409, 413, 422 and other 4xx
 NOT_FOUND = "not_found"  # 404 (usually a wrong model name or base URL)
 AUTH = "auth"  # 401/403: stops the whole run
@@ -223,7 +277,7 @@ def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = 
 
 
 class InvalidReply(ValueError):
-    """The endpoint answered, but the reply is unusable for its purpose (retried)."""
+    """The endpoint answered, but the reply is unusable for its task (retried)."""
 
     def __init__(self, detail: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         super().__init__(detail)
@@ -268,7 +322,7 @@ def classify(exc: BaseException, *, secrets: Iterable[str | None] = ()) -> Failu
         return Failure(BAD_REQUEST, False, None, detail, status)
     if isinstance(exc, openai.APIResponseValidationError):
         return Failure(INVALID_REPLY, True, None, _short(f"malformed response: {exc}", secrets))
-    if isinstance(exc, ValueError):  # a purpose parser's own error
+    if isinstance(exc, ValueError):  # a task's parse error
         return Failure(INVALID_REPLY, True, None, _short(str(exc), secrets))
     return Failure(UNEXPECTED, False, None, _short(f"{type(exc).__name__}: {exc}", secrets))
 
@@ -317,8 +371,8 @@ _SSL_CONTEXT: Any = None
 
 
 def _ssl_context() -> Any:
-    """One TLS context per process, shared by every client (building one loads the CA bundle,
-    ~25 ms, which would otherwise be paid per client)."""
+    """One TLS context per process, shared by every client: building one loads the CA bundle,
+    which would otherwise be paid per client (docs/design.md, "HTTP clients")."""
     global _SSL_CONTEXT
     if _SSL_CONTEXT is None:
         import httpx2
@@ -359,18 +413,29 @@ class CallResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     failure: Failure | None = None
+    cached_prompt_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
 
 
-async def call(client: AsyncOpenAI, request: LLMRequest, *, secrets: Iterable[str | None] = ()) -> CallResult:
-    """Make ONE chat completion for ``request`` and validate the reply for its purpose.
+def _usage(completion: Any) -> tuple[int, int, int]:
+    """Prompt, completion and cached prompt tokens (``usage.prompt_tokens_details.cached_tokens``;
+    0 when the provider does not report it)."""
+    usage = getattr(completion, "usage", None)
+    details = getattr(usage, "prompt_tokens_details", None)
+    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+    cached = int(getattr(details, "cached_tokens", 0) or 0)
+    return prompt, int(getattr(usage, "completion_tokens", 0) or 0), min(cached, prompt)
+
+
+async def call(client: AsyncOpenAI, task: LLMTask, request: LLMRequest, *,
+               secrets: Iterable[str | None] = ()) -> CallResult:
+    """Make ONE chat completion for ``request`` and check the reply with ``task.parse``.
 
     Never raises for an API or reply problem: the failure is classified (see :func:`classify`).
-    Uses ``chat.completions.create`` with the purpose's prebuilt ``response_format`` (the SDK's
-    ``.parse()`` helper rebuilds the schema on every call and halves throughput)."""
-    purpose = get_purpose(request.purpose)
+    Uses ``chat.completions.create`` with the task's prebuilt ``response_format``, not the SDK's
+    ``.parse()`` helper, which rebuilds the schema on every call (docs/design.md, "The call")."""
     kwargs: dict[str, Any] = {}
-    if purpose.response_format is not None:
-        kwargs["response_format"] = purpose.response_format
+    if task.response_format is not None:
+        kwargs["response_format"] = task.response_format
     try:
         completion = await client.chat.completions.create(
             model=request.model, messages=list(request.messages), **kwargs
@@ -380,9 +445,7 @@ async def call(client: AsyncOpenAI, request: LLMRequest, *, secrets: Iterable[st
     if not hasattr(completion, "choices"):  # a 200 that is not JSON (a proxy's HTML page...)
         body = redact(str(completion), secrets)
         return CallResult(None, failure=classify(InvalidReply(f"response is not a chat completion: {body[:80]!r}")))
-    usage = getattr(completion, "usage", None)
-    prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-    completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+    prompt_tokens, completion_tokens, cached_tokens = _usage(completion)
     try:
         if not completion.choices:
             raise InvalidReply("reply has no choices")
@@ -391,11 +454,11 @@ async def call(client: AsyncOpenAI, request: LLMRequest, *, secrets: Iterable[st
         if not content:
             refusal = getattr(message, "refusal", None)
             raise InvalidReply(f"model refused: {refusal}" if refusal else "reply content is empty")
-        reply = purpose.parse(content)
+        reply = task.parse(content, request)
     except ValueError as exc:
         failure = classify(exc if isinstance(exc, InvalidReply) else InvalidReply(str(exc)), secrets=secrets)
-        return CallResult(None, prompt_tokens, completion_tokens, failure)
-    return CallResult(reply, prompt_tokens, completion_tokens)
+        return CallResult(None, prompt_tokens, completion_tokens, failure, cached_tokens)
+    return CallResult(reply, prompt_tokens, completion_tokens, None, cached_tokens)
 
 
 # --- cache records ------------------------------------------------------------------------------
@@ -420,22 +483,23 @@ def cache_record(request: LLMRequest, result: CallResult, run_token: str) -> dic
     fields = {
         "format": CACHE_RECORD_FORMAT,
         "key": request.key,
-        "purpose": request.purpose,
+        "purpose": request.task,  # the task's name (the field keeps its first layout's name)
         "model": request.model,
         "prompt_version": request.prompt_version,
         "reply": result.reply,
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
+        "cached_prompt_tokens": result.cached_prompt_tokens,  # absent from older records: 0
         "run_token": run_token,
         "written_at": time.time(),
     }
     return {**fields, "checksum": _checksum(fields)}
 
 
-def outcome_from_cache_record(record: Any, request: LLMRequest, run_token: str) -> LLMOutcome:
-    """The outcome for ``request`` from a persisted record; raises :class:`CorruptCacheEntry`.
-
-    The outcome is ``cached=True`` unless this very run wrote the record."""
+def outcome_from_cache_record(record: Any, task: LLMTask, request: LLMRequest, run_token: str) -> LLMOutcome:
+    """The outcome for ``request`` from a persisted record, its reply re-validated by ``task``;
+    raises :class:`CorruptCacheEntry`. The outcome is ``cached=True`` unless this very run
+    wrote the record."""
     if not isinstance(record, dict):
         raise CorruptCacheEntry(f"entry is a {type(record).__name__}, not a record")
     fields = {k: v for k, v in record.items() if k != "checksum"}
@@ -445,13 +509,8 @@ def outcome_from_cache_record(record: Any, request: LLMRequest, run_token: str) 
         raise CorruptCacheEntry("checksum mismatch")
     if record.get("key") != request.key:
         raise CorruptCacheEntry("entry belongs to another request")
-    reply = record.get("reply")
-    purpose = get_purpose(request.purpose)
     try:
-        if purpose.reply_model is not None:
-            reply = purpose.reply_model.model_validate(reply).model_dump()
-        elif not isinstance(reply, dict):
-            raise ValueError("reply is not an object")
+        reply = task.stored_reply(record.get("reply"), request)
     except ValueError as exc:
         raise CorruptCacheEntry(f"stored reply is invalid: {str(exc).splitlines()[0]}") from None
     return LLMOutcome(
@@ -460,6 +519,7 @@ def outcome_from_cache_record(record: Any, request: LLMRequest, run_token: str) 
         reply=reply,
         prompt_tokens=int(record.get("prompt_tokens") or 0),
         completion_tokens=int(record.get("completion_tokens") or 0),
+        cached_prompt_tokens=int(record.get("cached_prompt_tokens") or 0),
         cached=record.get("run_token") != run_token,
     )
 
@@ -467,9 +527,18 @@ def outcome_from_cache_record(record: Any, request: LLMRequest, run_token: str) 
 # --- accounting ---------------------------------------------------------------------------------
 
 
-def estimated_cost(prompt_tokens: int, completion_tokens: int, settings: Settings) -> float | None:
-    """USD for the tokens paid, from the price settings; ``None`` when no price is set."""
+def estimated_cost(prompt_tokens: int, completion_tokens: int, settings: Settings,
+                   cached_prompt_tokens: int = 0) -> float | None:
+    """USD for the tokens paid, from the price settings; ``None`` when no price is set.
+
+    ``cached_prompt_tokens`` (a part of ``prompt_tokens``) are priced at
+    LLM_PRICE_CACHED_INPUT_PER_MTOK, or at the input price when that is not set (what a
+    provider without a cache discount charges)."""
     p_in, p_out = settings.llm_price_input_per_mtok, settings.llm_price_output_per_mtok
-    if p_in is None and p_out is None:
+    p_cached = settings.llm_price_cached_input_per_mtok
+    if p_in is None and p_out is None and p_cached is None:
         return None
-    return round((prompt_tokens * (p_in or 0.0) + completion_tokens * (p_out or 0.0)) / 1e6, 6)
+    cached = min(cached_prompt_tokens, prompt_tokens)
+    p_cached = p_in if p_cached is None else p_cached
+    usd = (prompt_tokens - cached) * (p_in or 0.0) + cached * (p_cached or 0.0) + completion_tokens * (p_out or 0.0)
+    return round(usd / 1e6, 6)

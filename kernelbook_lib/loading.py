@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,6 +21,7 @@ import polars as pl
 from kernelbook_lib import schema
 from kernelbook_lib.errors import SchemaError, SourceUnavailableError, UserError
 from kernelbook_lib.ledger import StageResult, rejections
+from kernelbook_lib.progress import Progress
 from kernelbook_lib.text import extract_answer, problem_id
 
 DEFAULT_SOURCE = "siro1/kernelbook-glm4-evals"
@@ -347,19 +347,23 @@ def _assistant_content() -> pl.Expr:
     ).list.last()
 
 
-def _answers(contents: pl.Series) -> pl.Series:
+def _answers(contents: pl.Series, progress: Progress | None = None) -> pl.Series:
     """``text.extract_answer`` over a column, in slices so the Python strings of only one slice
     are alive at a time (a regex with a capture group was 10x slower at full scale)."""
     parts = []
     for start in range(0, len(contents), 20_000):
         chunk = contents.slice(start, 20_000).to_list()
         parts.append(pl.Series(schema.SOLUTION, [extract_answer(c) for c in chunk], dtype=pl.String))
+        if progress is not None:
+            progress.advance(len(chunk))
     return pl.concat(parts) if parts else pl.Series(schema.SOLUTION, [], dtype=pl.String)
 
 
-def prepare(source: LoadedSource, progress: Callable[[str], None] | None = None) -> StageResult:
+def prepare(source: LoadedSource, progress: Progress | None = None) -> StageResult:
     """The ``load`` stage: validate the frame, derive the internal columns and ``problem_id``,
-    and reject unusable rows with a reason. Raises :class:`SchemaError` on a wrong frame."""
+    and reject unusable rows with a reason. Raises :class:`SchemaError` on a wrong frame.
+    ``progress`` (total: the source's rows) advances as the answers are extracted, the part
+    that walks every row in Python."""
     frame = source.frame
     if frame.height == 0:
         raise UserError(f"the source ({source.description}) has no rows")
@@ -380,7 +384,7 @@ def prepare(source: LoadedSource, progress: Callable[[str], None] | None = None)
         pl.col("info").struct.field("python_code").cast(pl.String).alias(schema.PYTHON_CODE),
         assistant.cast(pl.String).alias("_assistant"),
     )
-    frame = frame.with_columns(_answers(frame.get_column("_assistant")))
+    frame = frame.with_columns(_answers(frame.get_column("_assistant"), progress))
     if schema.SOURCE_SPLIT not in frame.columns:
         frame = frame.with_columns(pl.lit("train").alias(schema.SOURCE_SPLIT))
     blank = lambda col: pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")  # noqa: E731
@@ -418,6 +422,4 @@ def prepare(source: LoadedSource, progress: Callable[[str], None] | None = None)
     bad = frame.filter(pl.col("_reject").is_not_null())
     kept = frame.filter(pl.col("_reject").is_null()).drop("_reject", schema.MALFORMED_LINE)
     rejected = rejections(bad, "load", pl.col("_reject"), detail=pl.col(schema.MALFORMED_LINE))
-    if progress:
-        progress(f"load: {rows_in} rows read, {kept.height} valid, {bad.height} rejected")
     return StageResult.of("load", rows_in, kept, rejected)

@@ -28,7 +28,6 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +40,7 @@ from kernelbook_lib.errors import SchemaError, SourceUnavailableError, UserError
 from kernelbook_lib import export
 from kernelbook_lib.export import prepare_out_dir, write_jsonl, write_text
 from kernelbook_lib.ledger import StageReport, StageResult, empty_rejections, rejections
-from kernelbook_lib.llm import ledger_reason, LLMOutcome, LLMRequest, Purpose, register_purpose
+from kernelbook_lib.llm import ledger_reason, LLMOutcome, LLMRequest, LLMTask, json_schema_response_format
 from kernelbook_lib.prompt_template import (
     TEMPLATE_GENERATOR,
     ModuleNotUsable,
@@ -49,7 +48,6 @@ from kernelbook_lib.prompt_template import (
     parse_module,
     template_specification,
 )
-from kernelbook_lib.rubric import _strict_schema
 from kernelbook_lib.summary import format_llm, now_iso, check_chain
 from kernelbook_lib.text import problem_id
 
@@ -61,7 +59,8 @@ InputSchema = Literal["kernelbook", "eval"]
 
 #: Change whenever the generator prompt, the reply format or the reply validation changes: it is
 #: part of every cache key, so a reply accepted under other rules is never reused.
-GENERATOR_PROMPT_VERSION = "generate-v1"
+#: v2: the class name moved from the system prompt to the user message (a fixed system prompt).
+GENERATOR_PROMPT_VERSION = "generate-v2"
 #: The ``generator`` label of rows written by the LLM backend (the template's is TEMPLATE_GENERATOR).
 LLM_GENERATOR = "llm"
 #: The name of the JSON schema sent with every request (the loopback test server keys on it).
@@ -428,7 +427,7 @@ def validate_specification(spec: str, module_name: str, python_code: str,
                                    f"source, starting {window[0][:60]!r}")
 
 
-# --- the LLM backend: prompt, reply format, purpose -------------------------------------------
+# --- the LLM backend: prompt, reply format, task ----------------------------------------------
 
 
 class SpecificationReply(BaseModel):
@@ -440,12 +439,11 @@ class SpecificationReply(BaseModel):
 
 
 #: Built once at import and reused for every request.
-SPECIFICATION_JSON_SCHEMA: dict[str, Any] = _strict_schema(SpecificationReply)
-SPECIFICATION_RESPONSE_FORMAT: dict[str, Any] = {
-    "type": "json_schema",
-    "json_schema": {"name": SPECIFICATION_SCHEMA_NAME, "strict": True, "schema": SPECIFICATION_JSON_SCHEMA},
-}
+SPECIFICATION_RESPONSE_FORMAT: dict[str, Any] = json_schema_response_format(SPECIFICATION_SCHEMA_NAME, SpecificationReply)
+SPECIFICATION_JSON_SCHEMA: dict[str, Any] = SPECIFICATION_RESPONSE_FORMAT["json_schema"]["schema"]
 
+# The system prompt is fixed (a provider's prefix cache serves it for every problem); the
+# module's name, the new class's name and the code are in the user message.
 GENERATOR_SYSTEM_PROMPT = """\
 You turn PyTorch modules into programming tasks. Given a reference module, write the task
 statement for an engineer who must build a replacement for it whose computation runs in Triton
@@ -457,8 +455,9 @@ Cover, in this order:
 2. Inputs: every argument of forward, with its meaning, its shape (name the dimensions, and
    give the example sizes when the reference's get_inputs() states them) and its dtype.
 3. Outputs: what forward returns, with shape, dtype and meaning.
-4. Interface: the new class is called `{new_name}` and is a torch.nn.Module. Give its __init__
-   parameters (names, meaning, defaults) and the signature of forward.
+4. Interface: the new class is a torch.nn.Module with the name the request gives (the module's
+   name followed by `New`); name it exactly so. Give its __init__ parameters (names, meaning,
+   defaults) and the signature of forward.
 5. Behaviour: the numerical results expected, edge cases (for example sizes of one, empty or
    uneven dimensions, extreme values, numerical stability), and any other guarantee the
    reference makes.
@@ -490,10 +489,7 @@ Reference PyTorch module (complete source):
 
 def build_specification_messages(module_name: str, python_code: str) -> list[dict[str, str]]:
     """The chat messages of one request; ``python_code`` is sent in full (never truncated)."""
-    new = f"{module_name}New"
-    system = GENERATOR_SYSTEM_PROMPT.replace("{new_name}", new)
-    user = GENERATOR_USER_TEMPLATE.format(module_name=module_name, new_name=new, python_code=python_code)
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return SPECIFICATION_TASK.messages(module_name=module_name, python_code=python_code)
 
 
 # A reply wrapped in one Markdown code fence (some providers do that even in JSON mode).
@@ -544,48 +540,42 @@ def parse_specification_reply(content: str) -> str:
     return spec
 
 
-class SpecificationCheck:
-    """The parse function of one problem's requests: the reply's specification, validated
-    against that problem's module (a failure is an ``invalid_reply``, which is retried)."""
+class SpecificationTask(LLMTask):
+    """The prompt generator: one task specification per problem. Whether a reply names
+    ``{module_name}New`` and copies no reference code depends on the problem, so its requests
+    keep the module's name and code (``request.context``) for :meth:`parse`."""
 
-    def __init__(self, module_name: str, python_code: str) -> None:
-        self.module_name = module_name
-        self.python_code = python_code
+    name = "generate"
+    prompt_version = GENERATOR_PROMPT_VERSION
+    system_prompt = GENERATOR_SYSTEM_PROMPT
+    user_template = GENERATOR_USER_TEMPLATE
+    response_format = SPECIFICATION_RESPONSE_FORMAT
+    reply_model = SpecificationReply
+    context_fields = ("module_name", "python_code")
 
-    @cached_property
-    def reference(self) -> ReferenceLines:
-        return reference_lines(self.python_code)
+    def messages(self, *, module_name: str, python_code: str) -> list[dict[str, str]]:  # type: ignore[override]
+        return super().messages(module_name=module_name, new_name=f"{module_name}New", python_code=python_code)
 
-    def __call__(self, content: str) -> dict[str, Any]:
-        spec = parse_specification_reply(content)
-        validate_specification(spec, self.module_name, self.python_code, self.reference)
+    def request(self, model: str, *, module_name: str, python_code: str) -> LLMRequest:  # type: ignore[override]
+        return super().request(model, module_name=module_name, python_code=python_code)
+
+    def parse(self, reply: str, request: LLMRequest) -> dict[str, Any]:
+        """The reply's specification, validated against the request's module (a failure is an
+        ``invalid_reply``, which is retried)."""
+        spec = parse_specification_reply(reply)
+        validate_specification(spec, request.context["module_name"], request.context["python_code"])
         return {"specification": spec}
 
 
-def specification_purpose(problem: str, module_name: str, python_code: str) -> str:
-    """Register the purpose of one problem's requests and return its name.
-
-    :class:`~kernelbook_lib.llm.Purpose` parsers see only the reply text, and whether a reply
-    names ``{module_name}New`` and copies no reference code depends on the problem. So each
-    problem gets a purpose of its own (``specification:<problem_id>:<module_name>``, registered
-    again with the same content when a run repeats). The request key does not include the
-    purpose, so the cache is unaffected."""
-    name = f"{SPECIFICATION_SCHEMA_NAME}:{problem}:{module_name}"
-    register_purpose(Purpose(name=name, parse=SpecificationCheck(module_name, python_code),
-                             reply_model=SpecificationReply, response_format=SPECIFICATION_RESPONSE_FORMAT))
-    return name
+SPECIFICATION_TASK = SpecificationTask()
 
 
 def specification_requests(frame: pl.DataFrame, model: str) -> list[LLMRequest]:
-    """One request per row (one row per problem after dedupe), with the full module."""
+    """One :data:`SPECIFICATION_TASK` request per row (one row per problem after dedupe), with
+    the full module."""
     return [
-        LLMRequest.build(
-            model=model,
-            prompt_version=GENERATOR_PROMPT_VERSION,
-            purpose=specification_purpose(problem, name, code),
-            messages=build_specification_messages(name, code),
-        )
-        for problem, name, code in frame.select("problem_id", schema.MODULE_NAME, schema.PYTHON_CODE).iter_rows()
+        SPECIFICATION_TASK.request(model, module_name=name, python_code=code)
+        for name, code in frame.select(schema.MODULE_NAME, schema.PYTHON_CODE).iter_rows()
     ]
 
 

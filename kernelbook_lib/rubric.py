@@ -1,4 +1,5 @@
-"""The LLM judge's rubric, prompt and reply format (no orchestration here).
+"""The LLM judge's rubric, prompt and reply format, and :data:`JUDGE_TASK`, the judge's
+:class:`~kernelbook_lib.llm.LLMTask` (no orchestration here).
 
 The judge sees the FULL PyTorch reference module and the FULL Triton solution: nothing is
 truncated (a prompt that is too long for the endpoint is not sent at all, see
@@ -8,17 +9,20 @@ accepted instead. Anything else is an invalid reply (an ``InvalidJudgeReply``, a
 machinery retries and finally records as ``invalid_reply``.
 
 Change ``JUDGE_PROMPT_VERSION`` whenever the prompt, the rubric or the reply format changes:
-it is part of every cache key, so old verdicts are never reused for a new prompt.
+it is part of every cache key, so old verdicts are never reused for a new prompt. The system
+prompt is the fixed part and comes first (a provider's prefix cache serves it); everything
+that varies per row is in the user message.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kernelbook_lib.llm import LLMRequest, LLMTask, json_schema_response_format
 
 JUDGE_PROMPT_VERSION = "judge-v1"
 
@@ -37,21 +41,9 @@ class JudgeReply(BaseModel):
     rationale: str = Field(description="Two or three sentences justifying both grades.")
 
 
-def _strict_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema in the form OpenAI's strict structured outputs require:
-    every property required and no additional properties."""
-    schema = copy.deepcopy(model.model_json_schema())
-    schema["additionalProperties"] = False
-    schema["required"] = list(schema["properties"])
-    return schema
-
-
-#: Built once at import and reused for every request (rebuilding per call is measurable).
-JUDGE_JSON_SCHEMA: dict[str, Any] = _strict_schema(JudgeReply)
-JUDGE_RESPONSE_FORMAT: dict[str, Any] = {
-    "type": "json_schema",
-    "json_schema": {"name": JUDGE_SCHEMA_NAME, "strict": True, "schema": JUDGE_JSON_SCHEMA},
-}
+#: Built once at import and reused for every request.
+JUDGE_RESPONSE_FORMAT: dict[str, Any] = json_schema_response_format(JUDGE_SCHEMA_NAME, JudgeReply)
+JUDGE_JSON_SCHEMA: dict[str, Any] = JUDGE_RESPONSE_FORMAT["json_schema"]["schema"]
 
 JUDGE_SYSTEM_PROMPT = """\
 You review GPU kernels. Each task pairs a PyTorch reference module with a Triton program
@@ -95,8 +87,7 @@ Triton solution (the model's complete answer):
 
 def build_judge_messages(module_name: str, python_code: str, solution: str) -> list[dict[str, str]]:
     """The chat messages for one verdict. ``python_code`` and ``solution`` are sent in full."""
-    user = JUDGE_USER_TEMPLATE.format(module_name=module_name, python_code=python_code, solution=solution)
-    return [{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    return JUDGE_TASK.messages(module_name=module_name, python_code=python_code, solution=solution)
 
 
 # A reply wrapped in one Markdown code fence (some providers do that even in JSON mode).
@@ -164,3 +155,24 @@ def parse_judge_reply(content: str) -> JudgeReply:
     if tagged is not None:
         return tagged
     raise InvalidJudgeReply("reply is neither a JSON object nor <difficulty>/<style> tags")
+
+
+class JudgeTask(LLMTask):
+    """The judge: one verdict per (module, solution) pair. Its reply check needs nothing but
+    the reply, so requests keep no context."""
+
+    name = "judge"
+    prompt_version = JUDGE_PROMPT_VERSION
+    system_prompt = JUDGE_SYSTEM_PROMPT
+    user_template = JUDGE_USER_TEMPLATE
+    response_format = JUDGE_RESPONSE_FORMAT
+    reply_model = JudgeReply
+
+    def request(self, model: str, *, module_name: str, python_code: str, solution: str) -> LLMRequest:  # type: ignore[override]
+        return super().request(model, module_name=module_name, python_code=python_code, solution=solution)
+
+    def parse(self, reply: str, request: LLMRequest) -> dict[str, Any]:
+        return parse_judge_reply(reply).model_dump()
+
+
+JUDGE_TASK = JudgeTask()

@@ -25,6 +25,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -62,8 +63,12 @@ class Settings(BaseSettings):
     #: Optional prices in USD per million tokens, for the cost estimate.
     llm_price_input_per_mtok: float | None = Field(default=None, ge=0)
     llm_price_output_per_mtok: float | None = Field(default=None, ge=0)
+    #: Price of prompt tokens the provider served from its prompt cache (default: the input price).
+    llm_price_cached_input_per_mtok: float | None = Field(default=None, ge=0)
     #: Where LLM results are cached (judge and prompt generator).
     kernelbook_cache_dir: Path = Path(".kernelbook-cache")
+    #: Progress of long stages: a live display on a terminal, plain periodic lines otherwise.
+    kernelbook_progress: Literal["auto", "live", "plain"] = "auto"
 
     # Hugging Face Hub publishing.
     hf_token: SecretStr | None = None

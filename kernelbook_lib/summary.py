@@ -90,9 +90,15 @@ def format_llm(accounting: dict[str, Any]) -> str:
         f"cache hits {accounting.get('cache_hits', 0)}",
         f"failures {sum(failures.values())}" + (f" ({', '.join(f'{k} {v}' for k, v in failures.items())})" if failures else ""),
         f"calls {accounting.get('calls_made', 0)}",
-        f"tokens {accounting.get('prompt_tokens', 0)} in / {accounting.get('completion_tokens', 0)} out",
+        f"tokens {accounting.get('prompt_tokens', 0)} in{_cached_share(accounting)} / {accounting.get('completion_tokens', 0)} out",
         f"cost {'$%.2f' % cost if cost is not None else 'n/a (set LLM_PRICE_*_PER_MTOK)'}",
         f"wall {accounting.get('wall_s', 0):.1f} s",
         f"{accounting.get('calls_per_s') or 0:.1f} calls/s",
     ]
     return "llm: " + ", ".join(parts)
+
+
+def _cached_share(accounting: dict[str, Any]) -> str:
+    """`` (40% cached)``: the share of prompt tokens the provider served from its prompt cache."""
+    prompt, cached = accounting.get("prompt_tokens") or 0, accounting.get("cached_prompt_tokens") or 0
+    return f" ({100 * cached / prompt:.0f}% cached)" if prompt else ""

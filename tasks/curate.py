@@ -12,12 +12,14 @@ from __future__ import annotations
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 
 from kernelbook_lib import export, judging, loading, schema, stages
 from kernelbook_lib.errors import RunFailedError, SourceUnavailableError
 from kernelbook_lib.ledger import StageResult
+from kernelbook_lib.progress import Progress
 from kernelbook_lib.llm import LLMOutcome, LLMRequest
-from kernelbook_lib.rubric import JUDGE_PROMPT_VERSION
+from kernelbook_lib.rubric import JUDGE_PROMPT_VERSION, JUDGE_TASK
 from kernelbook_lib.settings import load_settings
 from kernelbook_lib.static_judge import STATIC_JUDGE_NAME
 from kernelbook_lib.summary import RunSummary
@@ -40,6 +42,12 @@ def _retry_if_network(task, task_run, state) -> bool:
     return False
 
 
+def stage_progress(label: str, total: int, unit: str = "rows") -> Progress:
+    """The progress of a long stage: a live display on a terminal, plain lines otherwise
+    (``kernelbook_lib.progress``; KERNELBOOK_PROGRESS chooses)."""
+    return Progress(label, total, unit=unit, emit=get_run_logger().info, mode=load_settings().kernelbook_progress)
+
+
 def _log_stage(result: StageResult) -> None:
     r = result.report
     dropped = ", ".join(f"{k} {v}" for k, v in r.dropped.items()) or "none"
@@ -54,7 +62,8 @@ def load_source(source: str, split: str) -> loading.LoadedSource:
 
 @task(name="validate-rows", **DATA_TASK)
 def validate_rows(loaded: loading.LoadedSource) -> StageResult:
-    result = loading.prepare(loaded)
+    with stage_progress("load", loaded.frame.height) as progress:
+        result = loading.prepare(loaded, progress)
     _log_stage(result)
     return result
 
@@ -90,12 +99,17 @@ def apply_verdicts(frame: pl.DataFrame, verdicts: pl.DataFrame) -> StageResult:
 
 
 def judge_static(frame: pl.DataFrame) -> StageResult:
-    """Static-judge the rows in chunks (mapped, so a Dask task runner spreads them)."""
+    """Static-judge the rows in chunks (mapped, so a Dask task runner spreads them); progress
+    advances as chunks finish."""
     # Only the columns the judge reads travel to the task runs (to other processes under a
     # process or Dask task runner), not the prompts and completions.
     needed = frame.select(schema.ROW, "problem_id", schema.PYTHON_CODE, schema.SOLUTION)
     chunks = [needed.slice(i, STATIC_CHUNK_ROWS) for i in range(0, needed.height, STATIC_CHUNK_ROWS)]
     futures = judge_static_chunk.map(chunks)
+    rows_of = {id(future): chunk.height for future, chunk in zip(futures, chunks, strict=True)}
+    with stage_progress("judge", needed.height) as progress:
+        for future in as_completed(futures):
+            progress.advance(rows_of[id(future)])
     verdicts = pl.concat([f.result() for f in futures]) if chunks else judging.static_verdicts(frame)
     return apply_verdicts(frame, verdicts)
 
@@ -116,7 +130,7 @@ def judge_llm(frame: pl.DataFrame, refresh: bool) -> tuple[StageResult, dict, di
     """The LLM judge: calls go through ``tasks/llm.py`` (Prefect retries, content-keyed cache,
     global concurrency limit); failures come back as outcomes and go to the ledger."""
     requests, model = build_judge_requests(frame)
-    calls = run_llm_requests(requests, refresh=refresh, progress_label="judge")
+    calls = run_llm_requests(JUDGE_TASK, requests, refresh=refresh, progress_label="judge")
     judged = apply_verdicts(frame, llm_verdicts(frame, calls.outcomes, model))
     identity = {"judge": judging.LLM_JUDGE_NAME, "judge_model": model, "judge_prompt_version": JUDGE_PROMPT_VERSION}
     return judged, identity, calls.accounting

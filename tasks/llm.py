@@ -1,37 +1,42 @@
 """Many LLM requests through Prefect: retries, caching and the concurrency limit are Prefect's.
 
-Call :func:`run_llm_requests` (or ``await`` :func:`arun_llm_requests`) from inside a flow::
+Call :func:`run_llm_requests` (or ``await`` :func:`arun_llm_requests`) from inside a flow, with
+the task object that built the requests (``kernelbook_lib.rubric.JUDGE_TASK``,
+``kernelbook_lib.prompt_gen.SPECIFICATION_TASK``)::
 
-    result = run_llm_requests(requests, refresh=False, progress_label="judge")
+    result = run_llm_requests(JUDGE_TASK, requests, refresh=False, progress_label="judge")
     result.outcomes    # one LLMOutcome per request, in request order
     result.accounting  # succeeded, cache hits, failures by kind, calls, tokens, cost, wall time
 
-How it maps onto Prefect (measurements in the README, "The LLM judge", produced by
+How it maps onto Prefect; the measurements behind each choice are in docs/design.md (printed by
 ``benchmarks/llm_granularity.py`` and ``benchmarks/judge_throughput.py``):
 
-- **Task runs are chunks.** Each ``llm-requests`` task run resolves a chunk of requests
-  (``default_chunk_size``) with one coroutine per request. One task run per call costs more
-  orchestration CPU (client and Prefect server) than the calls themselves at this scale. All
-  chunk runs of one call share ONE event loop, one slot pool and a few AsyncOpenAI clients;
-  the next chunk starts while the previous one still has calls queued, so slots never idle.
-- **Retries are Prefect's.** A chunk attempt makes every call it still needs; calls that
-  failed transiently (429, 5xx, timeouts, connection errors, invalid replies) make the attempt
-  raise :class:`TransientLLMFailures`, and Prefect retries the task run (``retries`` =
-  LLM_RETRIES, exponential backoff from LLM_RETRY_BACKOFF_S, jitter). ``retry_condition_fn``
-  retries only that exception and first sleeps out a Retry-After longer than Prefect's delay. A
-  retry re-runs only the calls without a result; on the last attempt the remaining failures are
-  returned as outcomes (never raised, never dropped). 400/404 are recorded at once; 401/403
-  stop the whole run with :class:`LLMAuthError` (a ``UserError``).
-- **Concurrency is Prefect's global concurrency limit** LLM_CONCURRENCY_LIMIT_NAME, created
-  automatically (a value an operator set on a Prefect server wins). A :class:`SlotPool` leases
-  its slots in a few blocks (``prefect.concurrency.asyncio.concurrency(occupy=n)``) and lends
-  them to calls one at a time, so no call polls the Prefect API for a slot. A
+- **Task runs are chunks** (design: "Chunk task runs"). Each ``llm-requests`` task run resolves
+  a chunk of requests (``default_chunk_size``) with one coroutine per request. All chunk runs of
+  one call share ONE event loop, one slot pool and a few AsyncOpenAI clients; the next chunk
+  starts while the previous one still has calls queued, so slots never idle.
+- **Retries are Prefect's** (design: "Retries"). A chunk attempt makes every call it still
+  needs; calls that failed transiently (429, 5xx, timeouts, connection errors, invalid replies)
+  make the attempt raise :class:`TransientLLMFailures`, and Prefect retries the task run
+  (``retries`` = LLM_RETRIES, exponential backoff from LLM_RETRY_BACKOFF_S, jitter).
+  ``retry_condition_fn`` retries only that exception and first sleeps out a Retry-After longer
+  than Prefect's delay. A retry re-runs only the calls without a result; on the last attempt the
+  remaining failures are returned as outcomes (never raised, never dropped). 400/404 are
+  recorded at once; 401/403 stop the whole run with :class:`LLMAuthError` (a ``UserError``).
+- **Concurrency is Prefect's global concurrency limit** LLM_CONCURRENCY_LIMIT_NAME (design:
+  "Slot leasing"), created automatically (a value an operator set on a Prefect server wins). A
+  :class:`SlotPool` leases its slots in a few blocks (``prefect.concurrency.asyncio.concurrency(occupy=n)``)
+  and lends them to calls one at a time, so no call polls the Prefect API for a slot. A
   :class:`LeaseLedger` lets the next run give back the slots of a run killed while holding them.
-- **Caching is Prefect's result store**: a ``ResultStore`` (JSON serializer) on
-  ``<KERNELBOOK_CACHE_DIR>/llm``, one record per request key (model + prompt version + full
-  prompt), written atomically the moment its call succeeds, so a run killed with ``kill -9``
-  resumes where it stopped. A record that is unreadable, truncated or fails its checksum is a
-  cache miss with a warning. Failures are never cached.
+- **Caching is Prefect's result store** (design: "The cache"): a ``ResultStore`` (JSON
+  serializer) on ``<KERNELBOOK_CACHE_DIR>/llm``, one record per request key (model + prompt
+  version + full prompt), written atomically the moment its call succeeds, so a run killed with
+  ``kill -9`` resumes where it stopped. A record that is unreadable, truncated or fails its
+  checksum is a cache miss with a warning. Failures are never cached.
+- **Progress** (design: "Progress and counts"): a live display on a terminal, plain lines
+  otherwise (``kernelbook_lib.progress``); a Prefect progress artifact ``<label>-progress``
+  updated while the calls run and a table artifact ``<label>-failures`` at the end. Every count
+  (log lines, display, accounting) comes from one tally, :class:`Tally`, kept as outcomes resolve.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -59,12 +65,13 @@ import tasks  # noqa: F401  (Prefect environment defaults, before prefect)
 from prefect import get_run_logger, task
 from prefect.logging import get_logger
 from prefect._internal.compatibility.async_dispatch import async_dispatch
+from prefect.artifacts import ProgressArtifact, TableArtifact, aupdate_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.concurrency.asyncio import concurrency
 from prefect.concurrency.context import ConcurrencyContext
-from prefect.context import TaskRunContext
+from prefect.context import TaskRunContext, get_run_context
 from prefect.exceptions import MissingContextError, ObjectNotFound
 from prefect.filesystems import LocalFileSystem
 from prefect.results import ResultStore
@@ -74,10 +81,11 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import opaque
 from prefect.utilities.math import lower_clamp_multiple
 
-import openai  # noqa: F401  (imported here, at flow import, not in the first task run: ~0.5 s)
+import openai  # noqa: F401  (at flow import, not in the first task run: docs/design.md, "Imports")
 
 from kernelbook_lib import llm
-from kernelbook_lib.llm import Failure, LLMAuthError, LLMOutcome, LLMRequest
+from kernelbook_lib.llm import Failure, LLMAuthError, LLMOutcome, LLMRequest, LLMTask
+from kernelbook_lib.progress import Progress, format_count
 from kernelbook_lib.settings import Settings, load_settings
 
 _module_logger = get_logger("kernelbook.llm")
@@ -94,11 +102,18 @@ LEASE_ATTEMPTS = 6
 #: A block of slots idle this long (no call waiting) is given back to Prefect.
 IDLE_RELEASE_S = 1.0
 #: Connections per HTTP client: a call uses the client serving its slot id. httpx's pool does
-#: O(connections) bookkeeping per request, which at 256 connections in one pool costs more CPU
-#: than the rest of a call (see the design note); small pools keep it constant.
+#: per-connection bookkeeping on every request; small pools keep it constant
+#: (docs/design.md, "HTTP clients").
 CONNECTIONS_PER_CLIENT = 16
-#: Progress lines at most this often.
+#: Plain progress lines (no terminal) at most this often.
 PROGRESS_EVERY_S = 5.0
+#: The progress display's numbers are refreshed this often.
+PROGRESS_TICK_S = 0.5
+#: The Prefect progress artifact is updated at most this often (one API call each).
+ARTIFACT_EVERY_S = 10.0
+#: Freeze the heap while the calls run (docs/design.md, "Garbage collection"); off only to
+#: measure the difference (``benchmarks/judge_throughput.py --no-gc-freeze``).
+FREEZE_GC = True
 
 
 # --- the cache: Prefect's ResultStore on the cache directory ---------------------------------
@@ -518,6 +533,45 @@ class _Transient:
 
 
 @dataclass
+class Tally:
+    """The counts of one run, kept as outcomes resolve: the ONE source of every count in the
+    log lines, the progress display and the accounting.
+
+    Counts are per request (a row): a prompt that several rows share is one call, but its
+    outcome counts once per row, so ``succeeded + failed == requests`` and a cache hit on a
+    shared prompt is a cache hit for each of its rows."""
+
+    multiplicity: Counter[str]  # requests per key
+    done: int = 0
+    succeeded: int = 0
+    cache_hits: int = 0
+    failed: int = 0
+    failures_by_kind: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, requests: Sequence[LLMRequest]) -> Tally:
+        return cls(multiplicity=Counter(request.key for request in requests))
+
+    @property
+    def requests(self) -> int:
+        return sum(self.multiplicity.values())
+
+    @property
+    def distinct(self) -> int:
+        return len(self.multiplicity)
+
+    def count(self, outcome: LLMOutcome, sign: int = 1) -> None:
+        n = sign * self.multiplicity[outcome.key]
+        self.done += n
+        if outcome.ok:
+            self.succeeded += n
+            self.cache_hits += n if outcome.cached else 0
+        else:
+            self.failed += n
+            self.failures_by_kind[outcome.failure_kind or "unknown"] += n
+
+
+@dataclass
 class _RunState:
     """What the chunk task runs of one :func:`arun_llm_requests` call share (same process, same
     event loop). Found by ``run_token``, which is the only thing passed to a task besides
@@ -525,16 +579,18 @@ class _RunState:
 
     token: str
     label: str
+    task: LLMTask
     pool: SlotPool
     store: ResultStore
     retries: int
-    total: int  # requests (unique keys) this run has to resolve
+    tally: Tally
     started: float = field(default_factory=time.monotonic)
     final: dict[str, LLMOutcome] = field(default_factory=dict)  # resolved in this run
     calls: Counter[str] = field(default_factory=Counter)  # API calls per key in this run
-    prompt_tokens: int = 0
+    retrying: set[str] = field(default_factory=set)  # keys whose last call failed transiently
+    prompt_tokens: int = 0  # paid by this run's calls
     completion_tokens: int = 0
-    cache_hits: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
     cache_warnings: int = 0
     backlog: int = 0  # requests of started chunks still waiting for their first slot
     chunk_backlog: Counter[int] = field(default_factory=Counter)  # the same, per chunk
@@ -552,8 +608,19 @@ class _RunState:
         return sum(self.calls.values())
 
     def resolve(self, outcome: LLMOutcome) -> LLMOutcome:
+        """Record the final outcome of a key (and count it, once)."""
+        previous = self.final.get(outcome.key)
+        if previous is not None:
+            self.tally.count(previous, -1)
         self.final[outcome.key] = outcome
+        self.tally.count(outcome)
+        self.retrying.discard(outcome.key)
         return outcome
+
+    def note_usage(self, result: llm.CallResult) -> None:
+        self.prompt_tokens += result.prompt_tokens
+        self.completion_tokens += result.completion_tokens
+        self.cached_prompt_tokens += result.cached_prompt_tokens
 
     def note_backlog(self, chunk_no: int, delta: int) -> None:
         self.backlog += delta
@@ -608,7 +675,7 @@ def _run_state(run_token: str) -> _RunState:
         ) from None
 
 
-def _read_cached(store: ResultStore, request: LLMRequest, run_token: str, label: str,
+def _read_cached(store: ResultStore, task: LLMTask, request: LLMRequest, run_token: str, label: str,
                  logger: Any) -> tuple[LLMOutcome | None, bool]:
     """The cached outcome for ``request`` (or ``None``), and whether the entry was damaged.
     A damaged entry (unreadable, truncated, failing its checksum) is a miss with a warning."""
@@ -617,7 +684,7 @@ def _read_cached(store: ResultStore, request: LLMRequest, run_token: str, label:
         return None, False
     try:
         record = store.read(_storage_key(request.key)).result
-        return llm.outcome_from_cache_record(record, request, run_token), False
+        return llm.outcome_from_cache_record(record, task, request, run_token), False
     except Exception as exc:  # noqa: BLE001 - a damaged entry must never crash or mislead
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         logger.warning(f"{label}: ignoring damaged cache entry {path.name} ({reason}); calling again")
@@ -655,17 +722,17 @@ async def _one_call(run: _RunState, request: LLMRequest, secrets: tuple[str, ...
         if run.cooldown_until > time.monotonic():  # a 429 asked everybody to slow down
             await asyncio.sleep(run.cooldown_until - time.monotonic())
         run.calls[request.key] += 1
-        result = await llm.call(run.client_for(slot), request, secrets=secrets)
+        result = await llm.call(run.client_for(slot), run.task, request, secrets=secrets)
     finally:
         run.pool.release(slot)
-    run.prompt_tokens += result.prompt_tokens
-    run.completion_tokens += result.completion_tokens
+    run.note_usage(result)
     calls = run.calls[request.key]
     if result.failure is None:
         if run.persist_calls:
             _write_cached(run, request, result, logger)  # at once: a killed run keeps this answer
         return run.resolve(LLMOutcome(key=request.key, ok=True, reply=result.reply, calls=calls,
-                                      prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens))
+                                      prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                                      cached_prompt_tokens=result.cached_prompt_tokens))
     failure = result.failure
     if failure.kind == llm.AUTH:
         run.stop_for_auth(LLMAuthError(llm.auth_error_message(failure.status, base_url, team_id_set)))
@@ -676,6 +743,7 @@ async def _one_call(run: _RunState, request: LLMRequest, secrets: tuple[str, ...
                                       completion_tokens=result.completion_tokens))
     if failure.retry_after:
         run.cooldown_until = max(run.cooldown_until, time.monotonic() + failure.retry_after)
+    run.retrying.add(request.key)
     return _Transient(failure, result.prompt_tokens, result.completion_tokens)
 
 
@@ -762,31 +830,42 @@ class LLMRunResult:
 
 
 def default_chunk_size(concurrency_cap: int) -> int:
-    """Requests per task run: enough that orchestration is noise next to the calls (see the
-    design note), small enough that a retry or the Prefect UI stays fine-grained."""
+    """Requests per task run: enough that orchestration is noise next to the calls, small enough
+    that a retry or the Prefect UI stays fine-grained (docs/design.md, "Chunk task runs")."""
     return max(256, 4 * concurrency_cap)
 
 
+def artifact_keys(label: str) -> tuple[str, str]:
+    """The keys of the stage's Prefect artifacts: ``<label>-progress`` and ``<label>-failures``
+    (``judge-progress``, ``generate-failures``), the label reduced to what a key may hold."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", label.lower()).strip("-") or "llm"
+    return f"{slug}-progress", f"{slug}-failures"
+
+
 def run_llm_requests(
-    requests: Sequence[LLMRequest], *, refresh: bool = False, progress_label: str = "llm",
+    task: LLMTask, requests: Sequence[LLMRequest], *, refresh: bool = False, progress_label: str | None = None,
     chunk_size: int | None = None,
 ) -> LLMRunResult:
     """Resolve every request through Prefect (see the module doc). Call it inside a flow.
 
     Args:
-        requests: built with ``LLMRequest.build``; identical prompts are called once.
+        task: the :class:`~kernelbook_lib.llm.LLMTask` that built the requests: its reply
+            format is sent and its ``parse(reply, request)`` checks every reply.
+        requests: built with ``task.request(...)``; identical prompts are called once.
         refresh: ignore the cache (every request is called again; the new answers overwrite).
-        progress_label: names the stage in the progress lines and task-run names ("judge").
+        progress_label: names the stage in the progress lines, task-run names and artifact keys
+            (default: the task's name, "judge" or "generate").
         chunk_size: requests per task run; default :func:`default_chunk_size`.
 
     Returns one outcome per request, in request order, and the run's accounting. Raises only
     for the whole run: ``LLMAuthError`` (401/403), ``UserError`` (no key while calls are
-    needed), ``RuntimeError`` (Prefect's concurrency API unusable).
+    needed), ``RuntimeError`` (Prefect's concurrency API unusable), ``ValueError`` (a request
+    built by another task).
 
     The asyncio machinery runs on a fresh event loop: in this thread when no loop runs here
     (a sync flow), else in a helper thread; the flow's run context is carried over."""
     def run() -> LLMRunResult:
-        return asyncio.run(arun_llm_requests(requests, refresh=refresh, progress_label=progress_label,
+        return asyncio.run(arun_llm_requests(task, requests, refresh=refresh, progress_label=progress_label,
                                              chunk_size=chunk_size))
 
     try:
@@ -799,7 +878,7 @@ def run_llm_requests(
 
 
 async def arun_llm_requests(
-    requests: Sequence[LLMRequest], *, refresh: bool = False, progress_label: str = "llm",
+    task: LLMTask, requests: Sequence[LLMRequest], *, refresh: bool = False, progress_label: str | None = None,
     chunk_size: int | None = None,
 ) -> LLMRunResult:
     """The async form of :func:`run_llm_requests` (for async flows)."""
@@ -809,8 +888,9 @@ async def arun_llm_requests(
         logger = _module_logger
     settings = load_settings()
     wall_start = time.monotonic()
-    label = progress_label
+    label = progress_label or task.name
     requests = list(requests)
+    llm.check_requests(task, requests)
     unique: dict[str, LLMRequest] = {}
     for request in requests:
         unique.setdefault(request.key, request)
@@ -827,7 +907,7 @@ async def arun_llm_requests(
             final[request.key] = LLMOutcome(key=request.key, ok=False, failure_kind=too_long.kind,
                                             failure_detail=too_long.detail)
             continue
-        cached, damaged = (None, False) if refresh else _read_cached(store, request, token, label, logger)
+        cached, damaged = (None, False) if refresh else _read_cached(store, task, request, token, label, logger)
         cache_warnings += damaged
         if cached is not None:
             final[request.key] = cached
@@ -841,17 +921,19 @@ async def arun_llm_requests(
     if to_call:
         await reclaim_dead_runs_slots(limit_name, logger)
     pool = SlotPool(limit_name, cap, ledger=LeaseLedger(limit_name, LeaseLedger.directory_for(limit_name)))
-    run = _RunState(token=token, label=label, pool=pool, store=store, retries=settings.llm_retries,
-                    total=len(unique), final=final, cache_hits=sum(1 for o in final.values() if o.cached),
-                    cache_warnings=cache_warnings)
+    run = _RunState(token=token, label=label, task=task, pool=pool, store=store, retries=settings.llm_retries,
+                    tally=Tally.of(requests), cache_warnings=cache_warnings)
+    for outcome in final.values():
+        run.resolve(outcome)
 
     size = chunk_size or default_chunk_size(cap)
     chunks = [to_call[i : i + size] for i in range(0, len(to_call), size)]
+    tally = run.tally
     logger.info(
-        f"{label}: {len(requests)} requests ({len(unique)} distinct): {run.cache_hits} cached, "
-        f"{len(unique) - run.cache_hits - len(to_call)} not sendable, {len(to_call)} to call "
-        f"in {len(chunks)} task runs, at most {cap} in flight (Prefect limit {pool.limit_name!r})"
-        + (" [refresh: cache ignored]" if refresh else "")
+        f"{label}: {tally.requests} requests ({tally.distinct} distinct prompts): {tally.cache_hits} answered "
+        f"from the cache, {tally.failures_by_kind.get(llm.PROMPT_TOO_LONG, 0)} not sendable (prompt too long), "
+        f"{len(to_call)} prompts to call in {len(chunks)} task runs, at most {cap} in flight "
+        f"(Prefect limit {pool.limit_name!r})" + (" [refresh: cache ignored]" if refresh else "")
     )
     chunk_task = llm_requests_chunk.with_options(
         retries=settings.llm_retries,
@@ -860,12 +942,18 @@ async def arun_llm_requests(
         task_run_name=f"{label}-{{chunk_no}}",
     )
     _RUNS[run.token] = run
+    reporter = Progress(label, tally.requests, unit="requests", rate_unit="calls", done=tally.done,
+                        emit=logger.info, mode=settings.kernelbook_progress, interval_s=PROGRESS_EVERY_S)
+    artifact = await _ProgressArtifact.create(label, tally, logger)
     # Everything alive now (Prefect, the SDK, the requests) lives until the end: freeze it so
-    # the collector's full passes skip it. Unfrozen, a full pass over this heap stalls the
-    # event loop ~0.4 s every few seconds at 256 calls/s (measured; see the design note).
-    gc.freeze()
-    progress = asyncio.ensure_future(_report_progress(run, logger))
+    # the collector's full passes skip it (docs/design.md, "Garbage collection").
+    frozen = FREEZE_GC
+    if frozen:
+        gc.freeze()
+    reporter.start()
+    progress = asyncio.ensure_future(_report_progress(run, reporter, artifact, settings))
     running: list[asyncio.Task[list[LLMOutcome]]] = []
+    finished = gathered = False
     try:
         for chunk_no, chunk in enumerate(chunks):
             # Start the next chunk when fewer calls than the limit are queued, so a freed slot
@@ -880,12 +968,21 @@ async def arun_llm_requests(
             chunk_run.add_done_callback(lambda future, n=chunk_no: run.chunk_finished(n, future))
             running.append(chunk_run)
         results = await asyncio.gather(*running, return_exceptions=True)
+        gathered = True
+        finished = run.auth_error is None and not any(isinstance(r, BaseException) for r in results)
     finally:
         progress.cancel()
+        reporter.update(tally.done, rate_count=run.calls_made, fields=_progress_fields(run, settings))
+        reporter.close(note="finished" if finished else "stopped")
         await pool.close()
         await run.close_clients()
         _RUNS.pop(run.token, None)
-        gc.unfreeze()
+        if frozen:
+            gc.unfreeze()
+        if artifact is not None and not gathered:  # cancelled or broken: no more API calls
+            await artifact.close()
+    if artifact is not None:
+        await artifact.finish(run)
     if run.auth_error is not None:
         logger.error(f"{label}: {run.auth_error}")
         raise run.auth_error
@@ -893,30 +990,36 @@ async def arun_llm_requests(
         if isinstance(result, BaseException):
             raise result
     outcomes = [run.final[request.key] for request in requests]
-    accounting = _accounting(run, requests, outcomes, settings, time.monotonic() - wall_start, cap)
-    _log_progress(run, logger, final=True)
+    accounting = _accounting(run, outcomes, settings, time.monotonic() - wall_start, cap)
     logger.info(f"{label}: accounting {accounting}")
     return LLMRunResult(outcomes=outcomes, accounting=accounting)
 
 
-def _accounting(run: _RunState, requests: list[LLMRequest], outcomes: list[LLMOutcome], settings: Settings,
-                wall_s: float, cap: int) -> dict[str, Any]:
-    failures = Counter(o.failure_kind for o in outcomes if not o.ok)
+def _accounting(run: _RunState, outcomes: list[LLMOutcome], settings: Settings, wall_s: float,
+                cap: int) -> dict[str, Any]:
+    """The run's accounting, from its tally (checked against the outcomes: a mismatch is a bug)."""
+    tally = run.tally
     succeeded = sum(1 for o in outcomes if o.ok)
-    if succeeded + sum(failures.values()) != len(requests):
-        raise AssertionError("LLM outcomes do not reconcile with the requests")
+    expected = (len(outcomes), succeeded, len(outcomes) - succeeded, sum(1 for o in outcomes if o.cached),
+                Counter(o.failure_kind or "unknown" for o in outcomes if not o.ok))
+    if (tally.done, tally.succeeded, tally.failed, tally.cache_hits, +tally.failures_by_kind) != expected:
+        raise AssertionError(f"LLM counts do not reconcile with the outcomes: {tally} vs {expected}")
     return {
         "label": run.label,
-        "requests": len(requests),
-        "distinct_requests": run.total,
-        "succeeded": succeeded,
-        "cache_hits": sum(1 for o in outcomes if o.cached),
-        "failed": sum(failures.values()),
-        "failures_by_kind": dict(sorted(failures.items())),
+        "task": run.task.name,
+        "requests": tally.requests,
+        "distinct_requests": tally.distinct,
+        "succeeded": tally.succeeded,
+        "cache_hits": tally.cache_hits,
+        "failed": tally.failed,
+        "failures_by_kind": dict(sorted((+tally.failures_by_kind).items())),
         "calls_made": run.calls_made,
         "prompt_tokens": run.prompt_tokens,
+        "cached_prompt_tokens": run.cached_prompt_tokens,
+        "cached_prompt_share": round(run.cached_prompt_tokens / run.prompt_tokens, 4) if run.prompt_tokens else None,
         "completion_tokens": run.completion_tokens,
-        "estimated_cost_usd": llm.estimated_cost(run.prompt_tokens, run.completion_tokens, settings),
+        "estimated_cost_usd": llm.estimated_cost(run.prompt_tokens, run.completion_tokens, settings,
+                                                 run.cached_prompt_tokens),
         "wall_s": round(wall_s, 3),
         "calls_per_s": round(run.calls_made / wall_s, 2) if wall_s > 0 else None,
         "concurrency": cap,
@@ -925,23 +1028,107 @@ def _accounting(run: _RunState, requests: list[LLMRequest], outcomes: list[LLMOu
     }
 
 
-def _log_progress(run: _RunState, logger: Any, *, final: bool = False) -> None:
-    done = len(run.final)
-    elapsed = time.monotonic() - run.started
-    called = done - run.cache_hits
-    rate = run.calls_made / elapsed if elapsed > 0 else 0.0
-    remaining = run.total - done
-    per_item = elapsed / called if called else None
-    eta = f"{remaining * per_item:.0f}s" if per_item and remaining else ("0s" if not remaining else "?")
-    failed = sum(1 for o in run.final.values() if not o.ok)
-    pct = 100.0 * done / run.total if run.total else 100.0
-    logger.info(
-        f"{run.label}: {done}/{run.total} done ({pct:.1f}%), {run.cache_hits} cached, {failed} failed, "
-        f"{run.calls_made} calls, {rate:.1f} calls/s, ETA {eta}" + (" [finished]" if final else "")
-    )
+def _progress_fields(run: _RunState, settings: Settings) -> dict[str, str]:
+    """The LLM stage's fields in the progress display and lines (all from the run's tally)."""
+    tally = run.tally
+    failed = str(tally.failed) + (f" (+{len(run.retrying)} retrying)" if run.retrying else "")
+    share = f" ({100 * run.cached_prompt_tokens / run.prompt_tokens:.0f}% cached)" if run.cached_prompt_tokens else ""
+    cost = llm.estimated_cost(run.prompt_tokens, run.completion_tokens, settings, run.cached_prompt_tokens)
+    return {
+        "cache hits": str(tally.cache_hits),
+        "failed": failed,
+        "calls": str(run.calls_made),
+        "tokens": f"{format_count(run.prompt_tokens)} in{share} / {format_count(run.completion_tokens)} out",
+        "cost": f"${cost:.2f}" if cost is not None else "n/a",
+    }
 
 
-async def _report_progress(run: _RunState, logger: Any) -> None:
+async def _report_progress(run: _RunState, reporter: Progress, artifact: _ProgressArtifact | None,
+                           settings: Settings) -> None:
+    last_artifact = time.monotonic()
     while True:
-        await asyncio.sleep(PROGRESS_EVERY_S)
-        _log_progress(run, logger)
+        await asyncio.sleep(PROGRESS_TICK_S)
+        reporter.update(run.tally.done, rate_count=run.calls_made, fields=_progress_fields(run, settings))
+        if artifact is not None and time.monotonic() - last_artifact >= ARTIFACT_EVERY_S:
+            last_artifact = time.monotonic()
+            await artifact.update(run.tally)
+
+
+class _ProgressArtifact:
+    """The stage's Prefect artifacts: ``<label>-progress`` (done/total in percent, updated while
+    the calls run) and, at the end, ``<label>-failures`` (a table of the failures by kind).
+    Created only inside a flow or task run, through one API client for the stage; an API error
+    is a warning, never a failed run."""
+
+    def __init__(self, label: str, client: Any, artifact_id: Any, logger: Any) -> None:
+        self.label = label
+        self.progress_key, self.failures_key = artifact_keys(label)
+        self.client = client
+        self.artifact_id = artifact_id
+        self.logger = logger
+        self.last_percent: float | None = None
+        self.warned = False
+
+    @classmethod
+    async def create(cls, label: str, tally: Tally, logger: Any) -> _ProgressArtifact | None:
+        try:
+            get_run_context()
+        except MissingContextError:
+            return None
+        progress_key, _ = artifact_keys(label)
+        client = get_client()
+        try:
+            await client.__aenter__()
+            created = await ProgressArtifact(
+                key=progress_key, progress=_percent(tally),
+                description=f"{label}: LLM requests answered, of {tally.requests} ({tally.distinct} distinct prompts)",
+            ).acreate(client)
+        except Exception as exc:  # noqa: BLE001
+            logger.warning(f"{label}: could not create the Prefect progress artifact {progress_key!r}: {exc}")
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
+            return None
+        artifact = cls(label, client, created.id, logger)
+        artifact.last_percent = _percent(tally)
+        return artifact
+
+    async def update(self, tally: Tally) -> None:
+        percent = _percent(tally)
+        if percent == self.last_percent:
+            return
+        try:
+            await aupdate_progress_artifact(self.artifact_id, progress=percent, client=self.client)
+            self.last_percent = percent
+        except Exception as exc:  # noqa: BLE001
+            if not self.warned:
+                self.warned = True
+                self.logger.warning(f"{self.label}: could not update the Prefect progress artifact: {exc}")
+
+    async def finish(self, run: _RunState) -> None:
+        """The last progress value and the failures table, then the client is closed."""
+        try:
+            await self.update(run.tally)
+            examples: dict[str, str] = {}
+            for outcome in run.final.values():
+                if not outcome.ok and (outcome.failure_kind or "unknown") not in examples:
+                    examples[outcome.failure_kind or "unknown"] = outcome.failure_detail or ""
+            table = [
+                {"failure": kind, "requests": count, "ledger reason": llm.ledger_reason(run.task.name, kind),
+                 "example": examples.get(kind, "")}
+                for kind, count in sorted((+run.tally.failures_by_kind).items())
+            ]
+            description = (f"{self.label}: {run.tally.failed} of {run.tally.requests} requests failed, by kind"
+                           if table else f"{self.label}: no failures among {run.tally.requests} requests")
+            await TableArtifact(key=self.failures_key, table=table, description=description).acreate(self.client)
+        except Exception as exc:  # noqa: BLE001
+            self.logger.warning(f"{self.label}: could not create the Prefect artifact {self.failures_key!r}: {exc}")
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.__aexit__(None, None, None)
+
+
+def _percent(tally: Tally) -> float:
+    return round(100.0 * tally.done / tally.requests, 1) if tally.requests else 100.0

@@ -15,6 +15,7 @@ from prefect import get_run_logger, task
 from kernelbook_lib import prompt_gen
 from kernelbook_lib.errors import RunFailedError, UserError
 from kernelbook_lib.ledger import StageResult
+from kernelbook_lib.llm import LLMRequest
 from kernelbook_lib.loading import LoadedSource, describe_source
 from kernelbook_lib.settings import load_settings
 from tasks.curate import DATA_TASK, _log_stage, _retry_if_network
@@ -95,15 +96,19 @@ def generate_template(frame: pl.DataFrame) -> StageResult:
     return apply_specs(frame, specs)
 
 
+@task(name="specification-requests", **DATA_TASK)
+def build_specification_requests(frame: pl.DataFrame) -> tuple[list[LLMRequest], str]:
+    """The generator's requests (full modules, content-keyed) and the model they go to. Each
+    request carries what its reply check needs, so they may be built in any process."""
+    model = load_settings().generator_model
+    return prompt_gen.specification_requests(frame, model), model
+
+
 def generate_llm(frame: pl.DataFrame, refresh: bool) -> tuple[StageResult, str, dict]:
     """The LLM backend: one request per problem through ``tasks/llm.py``; failures come back as
     outcomes and go to the ledger."""
-    model = load_settings().generator_model
-    # Built here, in the flow's process, not in a task: each problem's reply validator is
-    # registered in this process's purpose registry, where run_llm_requests makes the calls
-    # (a task could run in a Dask worker, whose registry the calls never see).
-    requests = prompt_gen.specification_requests(frame, model)
-    calls = run_llm_requests(requests, refresh=refresh, progress_label="generate")
+    requests, model = build_specification_requests(frame)
+    calls = run_llm_requests(prompt_gen.SPECIFICATION_TASK, requests, refresh=refresh, progress_label="generate")
     return apply_specs(frame, llm_spec_rows(frame, calls.outcomes, model)), model, calls.accounting
 
 

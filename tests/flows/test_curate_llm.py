@@ -56,6 +56,9 @@ def test_llm_judge_labels_rows_and_a_rerun_makes_no_calls(server, tmp_path):
     summary = json.loads((tmp_path / "out1" / "run_summary.json").read_text())
     assert summary["judge"] == "llm" and summary["llm"]["calls_made"] == 8
     assert "llm: judged" in first.output
+    cached_share = round(100 * summary["llm"]["cached_prompt_tokens"] / summary["llm"]["prompt_tokens"])
+    assert 0 < cached_share < 100  # the judge's fixed system prompt comes first: the server's prefix cache hits
+    assert f"tokens {summary['llm']['prompt_tokens']} in ({cached_share}% cached) / " in first.output
 
     # --judge auto picks the LLM judge when a key is configured; the cache answers everything.
     second = curate(src, tmp_path / "out2")

@@ -1,34 +1,39 @@
-"""The LLM library without Prefect: the judge rubric and reply parsing, request keys, the call
-and its failure classification against a loopback server, cache records."""
+"""The LLM library without Prefect: task objects, the judge rubric and reply parsing, request
+keys, the call and its failure classification against a loopback server, cache records, cost."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import hashlib
 import json
+import pickle
+import re
+import subprocess
+import sys
 
 import pytest
 
-from kernelbook_lib import llm, rubric
+from kernelbook_lib import llm, prompt_gen, rubric
 from kernelbook_lib.errors import UserError
 from kernelbook_lib.settings import load_settings
 from tests.fixtures.fake_data import judge_requests
-from tests.fixtures.llm_server import expected_judge_reply, fault_marker
+from tests.fixtures.llm_server import expected_judge_reply, fault_marker, prompt_text
 from tests.fixtures.llm import LLM_TEST_KEY
 
 
 def judge_request(marker: str = "", i: int = 0, model: str = "test/judge-model") -> llm.LLMRequest:
-    messages = rubric.build_judge_messages(f"Mod{i}", f"import torch  # {i}\n{marker}", f"answer {i}")
-    return llm.LLMRequest.build(model=model, prompt_version=rubric.JUDGE_PROMPT_VERSION, purpose="judge",
-                                messages=messages)
+    return rubric.JUDGE_TASK.request(model, module_name=f"Mod{i}", python_code=f"import torch  # {i}\n{marker}",
+                                     solution=f"answer {i}")
 
 
-def call_once(request: llm.LLMRequest, **settings_overrides) -> llm.CallResult:
+def call_once(request: llm.LLMRequest, task: llm.LLMTask = rubric.JUDGE_TASK, **settings_overrides) -> llm.CallResult:
     settings = load_settings().model_copy(update=settings_overrides)
 
     async def go() -> llm.CallResult:
         client = llm.make_async_client(settings, max_connections=4)
         try:
-            return await llm.call(client, request, secrets=(LLM_TEST_KEY,))
+            return await llm.call(client, task, request, secrets=(LLM_TEST_KEY,))
         finally:
             await client.close()
 
@@ -55,7 +60,7 @@ def test_judge_schema_is_strict_and_built_once():
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) == {"difficulty", "style", "rationale"}
     assert schema["properties"]["difficulty"]["maximum"] == 10
-    assert llm.get_purpose("judge").response_format is fmt  # the same object for every call
+    assert rubric.JUDGE_TASK.response_format is fmt  # the same object for every call
 
 
 @pytest.mark.parametrize(
@@ -101,13 +106,68 @@ def test_request_key_depends_on_model_version_and_every_prompt_character_only():
     assert key != llm.request_key("m", "v2", messages)
     changed = [messages[0], {"role": "user", "content": messages[1]["content"] + " "}]
     assert key != llm.request_key("m", "v1", changed)
-    assert LLM_TEST_KEY not in json.dumps(llm.LLMRequest.build(
-        model="m", prompt_version="v1", purpose="judge", messages=messages).model_dump())
+    assert LLM_TEST_KEY not in json.dumps(rubric.JUDGE_TASK.request(
+        "m", module_name="M", python_code="code", solution="solution").model_dump())
 
 
-def test_unknown_purpose_fails_at_build_time():
-    with pytest.raises(ValueError, match="unknown LLM request purpose"):
-        llm.LLMRequest.build(model="m", prompt_version="v", purpose="nope", messages=[{"role": "user", "content": "x"}])
+def _key_as_derived_before_task_objects(model: str, prompt_version: str, messages: list[dict[str, str]]) -> str:
+    """The derivation the cache keys of every existing judge verdict were made with."""
+    canonical = json.dumps(["kernelbook-llm-request-v1", model, prompt_version,
+                            [[m["role"], m["content"]] for m in messages]], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def test_judge_keys_built_by_the_task_are_the_keys_of_existing_caches():
+    code, solution = "import torch\nclass Gate(torch.nn.Module):\n    pass\n", "<answer>x = {1}</answer>"
+    request = rubric.JUDGE_TASK.request("openai/gpt-5.2", module_name="Gate", python_code=code, solution=solution)
+    old_messages = [{"role": "system", "content": rubric.JUDGE_SYSTEM_PROMPT},
+                    {"role": "user", "content": rubric.JUDGE_USER_TEMPLATE.format(
+                        module_name="Gate", python_code=code, solution=solution)}]
+    assert list(request.messages) == old_messages
+    assert request.key == _key_as_derived_before_task_objects("openai/gpt-5.2", "judge-v1", old_messages)
+    # Recorded with the code before task objects existed: a user's cache must still hit.
+    assert request.key == "f161bd1341207583d33597456883c1e78b4aa36f7ae7f12686f11e3e33928c62"
+    assert hashlib.sha256(rubric.JUDGE_SYSTEM_PROMPT.encode()).hexdigest() == (
+        "41d4d3e4fc116aaa26bc2a8d41b207879048c4344b5ff558cdd293154f03a795")  # judge-v1's prompt, unchanged
+
+
+def test_the_generic_client_knows_no_concrete_task():
+    tree = ast.parse(open(llm.__file__, encoding="utf-8").read())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    ours = {name for name in imported if name and name.startswith("kernelbook_lib")}
+    assert ours <= {"kernelbook_lib.errors", "kernelbook_lib.settings"}, ours
+    assert not hasattr(llm, "register_purpose") and not hasattr(llm, "get_purpose")  # no process-global registry
+
+
+def test_a_request_from_another_task_is_refused_before_any_call():
+    spec = prompt_gen.SPECIFICATION_TASK.request("m", module_name="Gate", python_code="import torch\n")
+    with pytest.raises(ValueError, match="built for task 'generate'"):
+        llm.check_requests(rubric.JUDGE_TASK, [judge_request(), spec])
+
+
+# Run in a fresh interpreter, as a Dask worker would: nothing registered there beforehand.
+_UNPICKLE_AND_PARSE = """
+import pickle, sys
+task, request, good, bad = pickle.loads(sys.stdin.buffer.read())
+print(task.parse(good, request)["specification"])
+try:
+    task.parse(bad, request)
+except ValueError as exc:
+    print("rejected:", exc)
+"""
+
+
+@pytest.mark.slow
+def test_tasks_and_requests_travel_to_another_process_and_check_replies_there():
+    task = prompt_gen.SPECIFICATION_TASK
+    request = task.request("m", module_name="Gate", python_code="import torch\nclass Gate(torch.nn.Module):\n    pass\n")
+    assert pickle.loads(pickle.dumps(task)) == task
+    good, bad = json.dumps({"specification": "Write `GateNew`."}), json.dumps({"specification": "Write a module."})
+    out = subprocess.run([sys.executable, "-c", _UNPICKLE_AND_PARSE], input=pickle.dumps((task, request, good, bad)),
+                         capture_output=True, check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+    lines = out.stdout.decode().splitlines()
+    assert lines[0] == "Write `GateNew`." and lines[1].startswith("rejected:") and "GateNew" in lines[1]
 
 
 def test_prompt_over_the_limit_is_never_sent():
@@ -226,21 +286,104 @@ def test_cache_record_round_trip_and_damage_detection():
     record = llm.cache_record(request, result, run_token="run-a")
     assert LLM_TEST_KEY not in json.dumps(record)
 
-    same_run = llm.outcome_from_cache_record(record, request, "run-a")
-    later_run = llm.outcome_from_cache_record(record, request, "run-b")
+    judge = rubric.JUDGE_TASK
+    same_run = llm.outcome_from_cache_record(record, judge, request, "run-a")
+    later_run = llm.outcome_from_cache_record(record, judge, request, "run-b")
     assert same_run.ok and not same_run.cached and same_run.reply == result.reply
     assert later_run.cached and later_run.prompt_tokens == 100
 
     edited = dict(record, reply={**record["reply"], "difficulty": 9})  # in range, but not what was said
     with pytest.raises(llm.CorruptCacheEntry, match="checksum"):
-        llm.outcome_from_cache_record(edited, request, "run-b")
+        llm.outcome_from_cache_record(edited, judge, request, "run-b")
     other = judge_requests(2)[1]
     with pytest.raises(llm.CorruptCacheEntry, match="another request"):
-        llm.outcome_from_cache_record(record, other, "run-b")
+        llm.outcome_from_cache_record(record, judge, other, "run-b")
     forged = {k: v for k, v in record.items() if k != "checksum"} | {"reply": {"difficulty": 42, "style": 1, "rationale": ""}}
     forged["checksum"] = llm._checksum({k: v for k, v in forged.items() if k != "checksum"})
     with pytest.raises(llm.CorruptCacheEntry, match="invalid"):
-        llm.outcome_from_cache_record(forged, request, "run-b")
+        llm.outcome_from_cache_record(forged, judge, request, "run-b")
     for junk in (None, [], "text", {"format": "other"}):
         with pytest.raises(llm.CorruptCacheEntry):
-            llm.outcome_from_cache_record(junk, request, "run-b")
+            llm.outcome_from_cache_record(junk, judge, request, "run-b")
+
+
+# --- prefix caching and cost -------------------------------------------------------------------
+
+
+def _shared_prefix_chars(a: llm.LLMRequest, b: llm.LLMRequest) -> int:
+    text_a, text_b = prompt_text(list(a.messages)), prompt_text(list(b.messages))
+    n = 0
+    while n < min(len(text_a), len(text_b)) and text_a[n] == text_b[n]:
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("task", [rubric.JUDGE_TASK, prompt_gen.SPECIFICATION_TASK], ids=lambda t: t.name)
+def test_every_fixed_part_comes_first_so_a_prefix_cache_can_hit(task):
+    def build(name: str) -> llm.LLMRequest:
+        code = f"import torch\nclass {name}(torch.nn.Module):\n    def forward(self, x):\n        return x * {len(name)}\n"
+        fields = {"module_name": name, "python_code": code}
+        if task is rubric.JUDGE_TASK:
+            fields["solution"] = f"<answer>{name} kernel</answer>"
+        return task.request("m", **fields)
+
+    a, b = build("Gate"), build("Softmax2d")
+    assert a.messages[0]["role"] == "system" and a.messages[0] == b.messages[0]  # no per-row text in it
+    assert "Gate" not in a.messages[0]["content"] and "Softmax2d" not in b.messages[0]["content"]
+    # Everything before the first per-row value is shared: the system prompt and the user label.
+    assert _shared_prefix_chars(a, b) == len("system:" + task.system_prompt + "\nuser:Module name: ")
+
+
+def test_cached_prompt_tokens_are_read_from_the_usage(llm_server, llm_env):
+    llm_env(llm_server)
+    first, second = call_once(judge_request(i=1)), call_once(judge_request(i=2))
+    assert first.failure is None and second.failure is None
+    assert first.cached_prompt_tokens == 0  # nothing seen yet
+    system_blocks = len("system:" + rubric.JUDGE_SYSTEM_PROMPT) // 256  # the server caches whole 256-char blocks
+    assert second.cached_prompt_tokens == system_blocks * 256 // 4 > 0
+    assert second.cached_prompt_tokens < second.prompt_tokens
+    assert llm_server.stats()["cached_prompt_tokens"] == second.cached_prompt_tokens
+
+
+def test_generator_requests_share_the_cached_system_prompt(llm_server, llm_env):
+    llm_env(llm_server)
+    task = prompt_gen.SPECIFICATION_TASK
+    results = [call_once(task.request("m", module_name=name, python_code=f"import torch\nclass {name}(torch.nn.Module):\n    pass\n"), task)
+               for name in ("Gate", "Softmax2d")]
+    assert all(r.failure is None for r in results)
+    assert results[1].cached_prompt_tokens >= len("system:" + task.system_prompt) // 256 * 256 // 4 > 0
+
+
+def test_cost_prices_cached_prompt_tokens_separately():
+    settings = load_settings().model_copy(update={
+        "llm_price_input_per_mtok": 2.0, "llm_price_output_per_mtok": 8.0, "llm_price_cached_input_per_mtok": 0.5})
+    # 1M prompt tokens of which 400k cached, 100k completion tokens.
+    assert llm.estimated_cost(1_000_000, 100_000, settings, 400_000) == pytest.approx(0.6 * 2.0 + 0.4 * 0.5 + 0.1 * 8.0)
+    no_discount = settings.model_copy(update={"llm_price_cached_input_per_mtok": None})
+    assert llm.estimated_cost(1_000_000, 100_000, no_discount, 400_000) == pytest.approx(2.0 + 0.8)
+    unpriced = settings.model_copy(update={"llm_price_input_per_mtok": None, "llm_price_output_per_mtok": None,
+                                           "llm_price_cached_input_per_mtok": None})
+    assert llm.estimated_cost(1_000_000, 100_000, unpriced, 400_000) is None
+
+
+def test_the_cached_input_price_is_a_setting(monkeypatch):
+    monkeypatch.setenv("LLM_PRICE_CACHED_INPUT_PER_MTOK", "0.25")
+    assert load_settings().llm_price_cached_input_per_mtok == 0.25
+    monkeypatch.setenv("LLM_PRICE_CACHED_INPUT_PER_MTOK", "-1")
+    with pytest.raises(UserError, match="LLM_PRICE_CACHED_INPUT_PER_MTOK"):
+        load_settings()
+
+
+def test_every_design_reference_in_the_code_names_a_section_of_the_design_note():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    headings = {line[3:].strip() for line in (root / "docs" / "design.md").read_text().splitlines()
+                if line.startswith("## ")}
+    cited = []
+    for folder in ("kernelbook_lib", "tasks", "flows", "benchmarks"):
+        for path in (root / folder).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            assert "design note" not in text, f"{path}: name docs/design.md and its section"
+            cited += [(path.name, name) for name in re.findall(r'docs/design\.md, "([^"]+)"', text)]
+    assert cited and all(name in headings for _, name in cited), [c for c in cited if c[1] not in headings]

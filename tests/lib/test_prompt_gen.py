@@ -306,7 +306,7 @@ def test_validation_requires_the_class_name_and_rejects_copied_code():
         prompt_gen.validate_specification(f"Write `TinyNew` like this:\n```python\n{tiny}```", "Tiny", tiny)
 
 
-def test_each_problem_gets_its_own_validating_purpose_and_equal_prompts_share_a_key():
+def test_the_generator_task_checks_each_reply_against_its_request_and_equal_prompts_share_a_key():
     requests = prompt_gen.specification_requests(
         pl.DataFrame({"problem_id": [problem_id(MODULE)] * 2, "_module_name": ["Gate"] * 2, "_python_code": [MODULE] * 2}),
         "test/model",
@@ -314,12 +314,16 @@ def test_each_problem_gets_its_own_validating_purpose_and_equal_prompts_share_a_
     assert requests[0].key == requests[1].key and requests[0].prompt_version == prompt_gen.GENERATOR_PROMPT_VERSION
     user = requests[0].messages[1]["content"]
     assert "Module name: Gate" in user and "`GateNew`" in user and MODULE in user  # sent in full
-    assert "`GateNew`" in requests[0].messages[0]["content"]
-    purpose = llm.get_purpose(requests[0].purpose)
-    assert purpose.response_format["json_schema"]["name"] == prompt_gen.SPECIFICATION_SCHEMA_NAME
-    assert purpose.parse(json.dumps({"specification": "Write `GateNew`."})) == {"specification": "Write `GateNew`."}
+    assert "GateNew" not in requests[0].messages[0]["content"]  # the system prompt is the same for every problem
+    task = prompt_gen.SPECIFICATION_TASK
+    assert task.response_format["json_schema"]["name"] == prompt_gen.SPECIFICATION_SCHEMA_NAME
+    assert task.parse(json.dumps({"specification": "Write `GateNew`."}), requests[0]) == {"specification": "Write `GateNew`."}
     with pytest.raises(ValueError, match="does not name"):
-        purpose.parse(json.dumps({"specification": "Write a module."}))
+        task.parse(json.dumps({"specification": "Write a module."}), requests[0])
+    # The check follows the request it is given, not the last problem built.
+    other = task.request("test/model", module_name="Other", python_code=MODULE.replace("Gate", "Other"))
+    with pytest.raises(ValueError, match="does not name"):
+        task.parse(json.dumps({"specification": "Write `GateNew`."}), other)
 
 
 def test_llm_outcomes_become_rows_or_ledger_reasons():

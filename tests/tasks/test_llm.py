@@ -1,10 +1,13 @@
 """The LLM machinery through Prefect (``tasks/llm.py``) against loopback servers: results,
-retries, the concurrency limit, caching and resuming, auth failures, secrets."""
+retries, the concurrency limit, caching and resuming, auth failures, secrets, counts, prompt-cache
+accounting and the Prefect artifacts."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,9 +22,10 @@ import tasks  # noqa: F401  (Prefect environment defaults, before prefect)
 
 from prefect import flow
 
-from kernelbook_lib import llm, rubric
+from kernelbook_lib import llm, prompt_gen, rubric
 from kernelbook_lib.errors import UserError
 from kernelbook_lib.llm import LLMAuthError, LLMRequest
+from kernelbook_lib.rubric import JUDGE_TASK
 from tests.fixtures.fake_data import judge_requests
 from tests.fixtures.llm_server import expected_judge_reply, fault_marker, prompt_hash
 from tasks.llm import LLMRunResult, run_llm_requests
@@ -31,18 +35,17 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_in_flow(requests: list[LLMRequest], **kwargs) -> LLMRunResult:
+def run_in_flow(requests: list[LLMRequest], task: llm.LLMTask = JUDGE_TASK, **kwargs) -> LLMRunResult:
     @flow(name="llm-test")
     def llm_test_flow() -> LLMRunResult:
-        return run_llm_requests(requests, **kwargs)
+        return run_llm_requests(task, requests, **kwargs)
 
     return llm_test_flow()
 
 
 def marked(marker: str, i: int) -> LLMRequest:
-    messages = rubric.build_judge_messages(f"Mod{i}", f"import torch\n# case {i} {marker}", f"answer {i}")
-    return LLMRequest.build(model="test/judge-model", prompt_version=rubric.JUDGE_PROMPT_VERSION,
-                            purpose="judge", messages=messages)
+    return JUDGE_TASK.request("test/judge-model", module_name=f"Mod{i}", python_code=f"import torch\n# case {i} {marker}",
+                              solution=f"answer {i}")
 
 
 def calls_for(server, request: LLMRequest) -> int:
@@ -56,7 +59,7 @@ def test_results_concurrency_cache_and_refresh(llm_server, llm_env, caplog):
 
     caplog.set_level(logging.INFO)
     first = run_in_flow(requests, progress_label="judge", chunk_size=4)  # 8 task runs
-    assert "judge: 30/30 done (100.0%)" in caplog.text and "judge: accounting" in caplog.text
+    assert "judge: 32/32 requests done (100.0%)" in caplog.text and "judge: accounting" in caplog.text
     stats = llm_server.stats()
     assert len(first.outcomes) == len(requests)
     for request, outcome in zip(requests, first.outcomes, strict=True):  # in request order
@@ -68,6 +71,7 @@ def test_results_concurrency_cache_and_refresh(llm_server, llm_env, caplog):
     assert (acc["requests"], acc["distinct_requests"], acc["succeeded"], acc["failed"]) == (32, 30, 32, 0)
     assert (acc["calls_made"], acc["cache_hits"], acc["failures_by_kind"]) == (30, 0, {})
     assert acc["prompt_tokens"] > 0 and acc["completion_tokens"] > 0
+    # No cached-input price set: cached prompt tokens cost the input price.
     assert acc["estimated_cost_usd"] == pytest.approx((acc["prompt_tokens"] + 2 * acc["completion_tokens"]) / 1e6)
 
     again = run_in_flow(requests, progress_label="judge")
@@ -222,11 +226,12 @@ CHILD = textwrap.dedent(
     import tasks
     from prefect import flow
     from tests.fixtures.fake_data import judge_requests
+    from kernelbook_lib.rubric import JUDGE_TASK
     from tasks.llm import run_llm_requests
 
     @flow(name="llm-killed")
     def killed():
-        run_llm_requests(judge_requests(int(sys.argv[1])))
+        run_llm_requests(JUDGE_TASK, judge_requests(int(sys.argv[1])))
 
     killed()
     """
@@ -292,7 +297,100 @@ def test_async_flows_use_arun_llm_requests(llm_server, llm_env):
 
     @flow(name="llm-test-async")
     async def llm_async_flow() -> LLMRunResult:
-        return await arun_llm_requests(requests, progress_label="judge")
+        return await arun_llm_requests(JUDGE_TASK, requests, progress_label="judge")
 
     result = asyncio.run(llm_async_flow())
     assert [o.reply for o in result.outcomes] == [expected_judge_reply(list(r.messages)) for r in requests]
+
+
+def test_every_count_of_cache_hits_agrees_with_the_accounting(llm_server, llm_env, caplog):
+    """The log lines once said 16 cached while the accounting said 17 (a prompt two rows share
+    counted once in one, twice in the other). One tally feeds both."""
+    llm_env(llm_server)
+    distinct = judge_requests(6)
+    requests = distinct + [distinct[0], distinct[2]]  # two prompts asked by two rows each
+    run_in_flow(requests[:4] + requests[6:], progress_label="judge")  # caches 4 of the 6 prompts
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    again = run_in_flow(requests, progress_label="judge")
+    acc = again.accounting
+    assert acc["cache_hits"] == sum(o.cached for o in again.outcomes) == 6  # rows 0-3 and both repeats
+    assert acc["calls_made"] == 2 and acc["succeeded"] == 8
+    logged = [int(a or b) for a, b in re.findall(r"(\d+) answered from the cache|cache hits (\d+)", caplog.text)]
+    assert len(logged) >= 2 and set(logged) == {acc["cache_hits"]}, logged
+    final = [line for line in caplog.text.splitlines() if "(finished)" in line]
+    assert len(final) == 1 and "judge: 8/8 requests done (100.0%)" in final[0] and "calls 2" in final[0]
+
+
+def test_cached_prompt_tokens_are_accounted_and_priced_apart(llm_server, llm_env, caplog):
+    llm_env(llm_server, llm_concurrency=1, llm_price_input_per_mtok=2.0, llm_price_output_per_mtok=8.0,
+            llm_price_cached_input_per_mtok=0.5)
+    caplog.set_level(logging.INFO)
+    result = run_in_flow(judge_requests(5))
+    acc, stats = result.accounting, llm_server.stats()
+    assert acc["prompt_tokens"] == stats["prompt_tokens"] and acc["cached_prompt_tokens"] == stats["cached_prompt_tokens"]
+    assert 0 < acc["cached_prompt_tokens"] < acc["prompt_tokens"]  # one call at a time: calls 2-5 hit the system prompt
+    assert acc["cached_prompt_share"] == pytest.approx(acc["cached_prompt_tokens"] / acc["prompt_tokens"], abs=1e-4)
+    uncached = acc["prompt_tokens"] - acc["cached_prompt_tokens"]
+    assert acc["estimated_cost_usd"] == pytest.approx(
+        (uncached * 2.0 + acc["cached_prompt_tokens"] * 0.5 + acc["completion_tokens"] * 8.0) / 1e6, abs=1e-6)
+    assert re.search(r"tokens \S+ in \(\d+% cached\) / \S+ out", caplog.text)
+    assert sum(o.cached_prompt_tokens for o in result.outcomes) == acc["cached_prompt_tokens"]
+
+
+def read_artifacts(key: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read() -> list:
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    return asyncio.run(read())
+
+
+def test_progress_and_failures_are_prefect_artifacts_with_stable_keys(make_llm_server, llm_env):
+    server = make_llm_server(latency=0.01)
+    llm_env(server, llm_retries=0)
+    requests = judge_requests(4) + [marked(fault_marker("400"), 1), marked(fault_marker("malformed"), 2)]
+    run_in_flow(requests[:2], progress_label="judge")  # so the next run starts a third done
+    before = {a.id for a in read_artifacts("judge-progress")}
+
+    result = run_in_flow(requests, progress_label="judge")
+    assert result.accounting["failed"] == 2
+    progress = [a for a in read_artifacts("judge-progress") if a.id not in before]
+    assert len(progress) == 1 and progress[0].type == "progress"
+    assert float(progress[0].data) == 100.0  # created at 33.3 % (the cache hits), updated to the end
+    failures = sorted(read_artifacts("judge-failures"), key=lambda a: a.created)[-1]
+    assert failures.type == "table"
+    table = __import__("json").loads(failures.data)
+    assert sorted((row["failure"], row["requests"], row["ledger reason"]) for row in table) == [
+        ("bad_request", 1, "judge_failed:bad_request"), ("invalid_reply", 1, "judge_invalid_reply")]
+    assert all(row["example"] for row in table) and LLM_TEST_KEY not in failures.data
+
+    # The prompt generator's stage has keys of its own.
+    spec = prompt_gen.SPECIFICATION_TASK.request("test/model", module_name="Gate",
+                                                 python_code="import torch\nclass Gate(torch.nn.Module):\n    pass\n")
+    run_in_flow([spec], task=prompt_gen.SPECIFICATION_TASK)
+    assert read_artifacts("generate-progress") and read_artifacts("generate-failures")
+
+
+def test_the_progress_artifact_is_updated_while_the_calls_run(make_llm_server, llm_env, monkeypatch):
+    import tasks.llm as llm_tasks
+
+    server = make_llm_server(latency=0.3)
+    llm_env(server, llm_concurrency=1)
+    monkeypatch.setattr(llm_tasks, "PROGRESS_TICK_S", 0.05)
+    monkeypatch.setattr(llm_tasks, "ARTIFACT_EVERY_S", 0.0)
+    seen: list[float] = []
+    real_update = llm_tasks.aupdate_progress_artifact
+
+    async def recording_update(artifact_id, progress, **kwargs):
+        seen.append(progress)
+        return await real_update(artifact_id, progress=progress, **kwargs)
+
+    monkeypatch.setattr(llm_tasks, "aupdate_progress_artifact", recording_update)
+    run_in_flow(judge_requests(4, seed=5), progress_label="judge")
+    assert seen == sorted(seen) and seen[-1] == 100.0
+    assert [p for p in seen if 0 < p < 100], seen  # at least one value between the start and the end
+    assert float(sorted(read_artifacts("judge-progress"), key=lambda a: a.created)[-1].data) == 100.0
