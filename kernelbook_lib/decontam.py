@@ -74,10 +74,10 @@ def benchmark_of(frame: pl.DataFrame, source: str) -> Benchmark:
     listing the columns found) when no code column is there or it is not text."""
     label = public_source(source)
     for name in CODE_COLUMNS:
-        expr = _column(frame, name)
-        if expr is None:
+        code_expr = _column(frame, name)
+        if code_expr is None:
             continue
-        dtype = frame.select(expr).to_series().dtype
+        dtype = frame.select(code_expr).to_series().dtype
         if dtype not in (pl.String, pl.Null):
             raise SchemaError(f"benchmark {label}: its code column {name!r} holds {dtype}, not text")
         code_column = name
@@ -87,9 +87,9 @@ def benchmark_of(frame: pl.DataFrame, source: str) -> Benchmark:
             f"benchmark {label} has no code column (looked for {', '.join(CODE_COLUMNS)}); "
             f"columns found: {_columns_found(frame)}"
         )
-    label_exprs = [(name, expr) for name in LABEL_COLUMNS if (expr := _column(frame, name)) is not None]
+    label_exprs = [(name, e) for name in LABEL_COLUMNS if (e := _column(frame, name)) is not None]
     rows = frame.select(
-        expr.cast(pl.String).alias("_code"),
+        code_expr.cast(pl.String).alias("_code"),
         *[e.cast(pl.String).alias(f"_label_{i}") for i, (_, e) in enumerate(label_exprs)],
     )
     codes, labels = [], []
