@@ -52,9 +52,14 @@ NORMALIZATION_VERSION = "neardup-v1"
 SHINGLE_SIZE = 3
 #: Copies of each distinct operation in a module's set (see :func:`shingles`).
 OPERATION_WEIGHT = 8
-#: MinHash permutations and seed (fixed: families must be the same on every run).
-NUM_PERM = 128
+#: MinHash permutations and seed (fixed: families must be the same on every run). 150 has many
+#: divisors, so the LSH bands can fit the threshold closely (5 rows x 30 bands at 0.7).
+NUM_PERM = 150
 MINHASH_SEED = 20240917
+#: A candidate pair whose MinHash estimate is this far below the threshold is not compared
+#: exactly: at 150 permutations the estimate's standard deviation is at most 0.041, so a pair
+#: at the threshold falls this low with probability below 1e-4.
+ESTIMATE_MARGIN = 0.15
 #: The default similarity (exact Jaccard of shingle sets) at which two modules are one family.
 DEFAULT_NEAR_DUP_THRESHOLD = 0.7
 #: LSH must make a pair at the threshold a candidate with at least this probability.
@@ -81,9 +86,9 @@ _UNARY = {ast.Invert: "~", ast.Not: "not", ast.UAdd: "+", ast.USub: "-"}
 _BOOL = {ast.And: "and", ast.Or: "or"}
 # ``x.attr = ...`` / ``x.attr += ...``: the attributes a module assigns itself (found in the
 # text, before the walk, so a read before the first assignment is renamed too).
-_ATTR_STORE = re.compile(r"\.\s*([A-Za-z_]\w*)\s*(?:[-+*/@%&|^]|//|\*\*|<<|>>)?=(?!=)")
-_ATTR_PLAIN_STORE = re.compile(r"\.\s*([A-Za-z_]\w*)\s*=(?!=)")
-_ATTR_REF = re.compile(r"\.\s*([A-Za-z_]\w*)")
+# Every ``.attr`` with what follows it: ``=`` (a plain assignment), ``+=`` and the like (an
+# augmented one) or nothing (a read).
+_ATTR = re.compile(r"\.\s*([A-Za-z_]\w*)(?:\s*(=(?!=)|(?:[-+*/@%&|^]|//|\*\*|<<|>>)=))?")
 #: Methods that only change a tensor's memory layout: ``x.contiguous()`` is ``x``.
 LAYOUT_METHODS = frozenset({"contiguous"})
 
@@ -165,20 +170,30 @@ def _names(node: ast.AST) -> tuple[dict[str, int], set[str]]:
 
 def _substitute(node: ast.AST, name: str, value: ast.expr) -> bool:
     """Replace the (one) load of ``name`` inside ``node`` by ``value``."""
-    for field, child in ast.iter_fields(node):
-        if isinstance(child, list):
-            for i, item in enumerate(child):
-                if type(item) is ast.Name and item.id == name and type(item.ctx) is ast.Load:
-                    child[i] = value
+    stack = [node]
+    name_type, load_type, ast_type = ast.Name, ast.Load, ast.AST
+    while stack:
+        current = stack.pop()
+        kind = type(current)
+        fields = _CHILD_FIELDS.get(kind)
+        if fields is None:
+            fields = _CHILD_FIELDS[kind] = tuple(f for f in kind._fields if f not in _SKIP_FIELDS)
+        for field in fields:
+            child = getattr(current, field, None)
+            if type(child) is list:
+                for i, item in enumerate(child):
+                    if type(item) is name_type:
+                        if item.id == name and type(item.ctx) is load_type:
+                            child[i] = value
+                            return True
+                    elif isinstance(item, ast_type):
+                        stack.append(item)
+            elif type(child) is name_type:
+                if child.id == name and type(child.ctx) is load_type:
+                    setattr(current, field, value)
                     return True
-                if isinstance(item, ast.AST) and _substitute(item, name, value):
-                    return True
-        elif isinstance(child, ast.AST):
-            if type(child) is ast.Name and child.id == name and type(child.ctx) is ast.Load:
-                setattr(node, field, value)
-                return True
-            if _substitute(child, name, value):
-                return True
+            elif isinstance(child, ast_type) and type(child) is not ast.Constant:
+                stack.append(child)
     return False
 
 
@@ -254,16 +269,20 @@ class _Emitter:
         self.ops: list[str] = []
         self.aliases: dict[str, str] = {}
         self.module_roots: set[str] = set()
-        self.stored_attrs = set(_ATTR_STORE.findall(code))
-        # Attributes the module sets and never reads (``self.inplace = inplace`` that nothing
-        # uses): their assignment is left out, and so is a parameter only they used.
+        # The attributes the module assigns (renamed, even where read before the assignment),
+        # and those it assigns and never reads (``self.inplace = inplace`` that nothing uses:
+        # the assignment is left out, and so is a parameter only it used). Found in the text.
         refs: dict[str, int] = {}
-        for attr in _ATTR_REF.findall(code):
-            refs[attr] = refs.get(attr, 0) + 1
         plain: dict[str, int] = {}
-        for attr in _ATTR_PLAIN_STORE.findall(code):
-            plain[attr] = plain.get(attr, 0) + 1
-        self.dead_attrs = {attr for attr, count in plain.items() if refs.get(attr) == count}
+        stored: set[str] = set()
+        for attr, assign in _ATTR.findall(code):
+            refs[attr] = refs.get(attr, 0) + 1
+            if assign:
+                stored.add(attr)
+                if assign == "=":
+                    plain[attr] = plain.get(attr, 0) + 1
+        self.stored_attrs = stored
+        self.dead_attrs = {attr for attr, count in plain.items() if refs[attr] == count}
         self.attr_names: dict[str, str] = {}
         self.module_names: dict[str, str] = {}
         self.methods: dict[str, str] = {}
@@ -563,7 +582,7 @@ class _Emitter:
         func = node.func
         args = node.args
         callee = None
-        if type(func) is ast.Attribute and not self._is_module_path(self.flat(func.value)):
+        if type(func) is ast.Attribute and not self._is_module_path(receiver := self.flat(func.value)):
             attr = func.attr
             if attr in LAYOUT_METHODS and not args and not node.keywords:
                 self.expr(func.value)  # x.contiguous() is x
@@ -573,7 +592,12 @@ class _Emitter:
                 callee = f"torch.{attr}" if attr in TENSOR_METHODS else f".{attr}"
                 args = [func.value, *args]
         if callee is None:
-            callee = self.flat(func)
+            if type(func) is ast.Attribute:  # a module path's function, or a submodule's call
+                callee = None if receiver is None else f"{receiver}.{self._attr(func.attr)}"
+                if callee is not None and callee.startswith(_FUNCTIONAL):
+                    callee = "torch." + callee[len(_FUNCTIONAL) :]
+            else:
+                callee = self.flat(func)
         if callee in OPERATOR_FUNCTIONS and len(args) == 2 and not node.keywords and not any(type(a) is ast.Starred for a in args):
             op = OPERATOR_FUNCTIONS[callee]
             self.expr(args[0])
@@ -831,18 +855,29 @@ def normalized_text(code: str) -> str:
     return " ".join(n.tokens) + "   | ops: " + " ".join(sorted(set(n.ops)))
 
 
-def _form_worker(codes: list[str]) -> tuple[list[str], list[bool]]:
-    """One chunk of modules, normalised (runs in a worker process)."""
+def _form_worker(codes: list[str]) -> tuple[list[str], list[bool], tuple[int, float, float]]:
+    """One chunk of modules, normalised (runs in a worker process), and the worker's pid, CPU
+    seconds so far and peak RSS in MiB."""
+    import resource
+
     forms, parsed = [], []
     for code in codes:
         n = normalize(code)
         forms.append(n.form if n.tokens else "")
         parsed.append(n.parsed)
-    return forms, parsed
+    return forms, parsed, (os.getpid(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _worker_start() -> None:
+    """A normalisation worker frees every syntax tree by reference counting (they hold no
+    cycles): the cyclic garbage collector would only rescan them."""
+    import gc
+
+    gc.disable()
 
 
 #: Below this many modules the normalisation runs in the calling process: a pool's start
-#: (importing this module in each worker) costs more than it saves.
+#: (a fresh process importing this module) costs more than it saves.
 MIN_MODULES_FOR_POOL = 4000
 _CHUNK = 2000
 
@@ -855,25 +890,41 @@ def default_workers() -> int:
 
 
 def normalize_many(
-    codes: Sequence[str], workers: int | None = None, progress: Callable[[str], None] | None = None
+    codes: Sequence[str],
+    workers: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    stats: dict | None = None,
 ) -> tuple[list[str], list[bool]]:
-    """:func:`normalize` over many modules: each module's form (tokens joined by ``\\x1f``) and
-    whether it parsed. ``workers``: processes to use (default: the cores this process may use);
-    small inputs run here."""
+    """:func:`normalize` over many modules: each module's form (:attr:`Normalized.form`, '' when
+    it has no tokens) and whether it parsed. ``workers``: processes to use (default: the cores
+    this process may use); small inputs run here. ``stats`` (optional) receives the workers used
+    and their peak RSS."""
     workers = default_workers() if workers is None else max(1, workers)
     if workers == 1 or len(codes) < MIN_MODULES_FOR_POOL:
-        return _form_worker(list(codes))
+        forms, parsed, _ = _form_worker(list(codes))
+        if stats is not None:
+            stats.update(workers=1, worker_peak_rss_mib=None, worker_cpu_s=None)
+        return forms, parsed
     chunks = [list(codes[i : i + _CHUNK]) for i in range(0, len(codes), _CHUNK)]
-    forms: list[str] = []
-    parsed: list[bool] = []
-    # forkserver, not fork: the caller may hold threads (polars, Prefect) that a fork would copy
-    # in a locked state.
-    with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=get_context("forkserver")) as pool:
-        for done, (chunk_forms, chunk_parsed) in enumerate(pool.map(_form_worker, chunks), 1):
+    forms = []
+    parsed = []
+    peak = 0.0
+    # forkserver, not fork: the caller holds threads (polars, Prefect) that a fork would copy in
+    # a locked state. The server imports this module once; each worker is forked from it.
+    context = get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    used = min(workers, len(chunks))
+    cpu: dict[int, float] = {}
+    with ProcessPoolExecutor(max_workers=used, mp_context=context, initializer=_worker_start) as pool:
+        for done, (chunk_forms, chunk_parsed, (pid, seconds, rss)) in enumerate(pool.map(_form_worker, chunks), 1):
             forms += chunk_forms
             parsed += chunk_parsed
+            peak = max(peak, rss)
+            cpu[pid] = max(cpu.get(pid, 0.0), seconds)
             if progress and (done % 10 == 0 or done == len(chunks)):
                 progress(f"near-dup: normalised {len(forms):,} of {len(codes):,} modules")
+    if stats is not None:
+        stats.update(workers=used, worker_peak_rss_mib=round(peak, 1), worker_cpu_s=round(sum(cpu.values()), 2))
     return forms, parsed
 
 
@@ -1035,14 +1086,16 @@ def group_families(
     if len(set(keys)) != len(keys):
         raise ValueError("keys must be distinct (one module per key)")
     started = time.perf_counter()
-    forms, parsed = normalize_many(codes, workers, progress)
+    pool_stats: dict = {}
+    forms, parsed = normalize_many(codes, workers, progress, pool_stats)
     normalized = time.perf_counter()
     # Modules with the same form are one family at once; only distinct forms are compared. A
     # module whose form is empty (imports and harness only) has nothing to compare: it stays alone.
     distinct, position = distinct_forms(forms)
     sigs = Signatures.of(distinct)
     uf = _UnionFind(len(distinct))
-    compared = confirmed = 0
+    compared = exact = confirmed = 0
+    minhashes, floor = sigs.minhashes, threshold - ESTIMATE_MARGIN
     if distinct:
         index = sigs.lsh(threshold)
         for i, candidates in enumerate(index.query_all(sigs.minhashes)):
@@ -1051,11 +1104,15 @@ def group_families(
                 if j <= i or uf.find(i) == uf.find(j):
                     continue
                 compared += 1
+                if minhashes[i].jaccard(minhashes[j]) < floor:
+                    continue
+                exact += 1
                 if sigs.jaccard(i, sigs, j) >= threshold:
                     confirmed += 1
                     uf.union(i, j)
         if progress:
-            progress(f"near-dup: {len(distinct):,} distinct forms, {compared:,} candidate pairs compared, {confirmed:,} linked")
+            progress(f"near-dup: {len(distinct):,} distinct forms, {compared:,} candidate pairs compared "
+                     f"({exact:,} exactly), {confirmed:,} linked")
     smallest: dict[int, str] = {}
     for key, pos in zip(keys, position):
         if pos >= 0:
@@ -1075,9 +1132,11 @@ def group_families(
         "distinct_forms": len(distinct),
         "unparsed_modules": parsed.count(False),
         "pairs_compared": compared,
+        "pairs_compared_exactly": exact,
         "pairs_confirmed": confirmed,
         "normalize_s": round(normalized - started, 3),
         "wall_s": round(time.perf_counter() - started, 3),
+        **pool_stats,
     }
     return FamilyResult(family_of=family_of, forms=forms, stats=stats)
 
@@ -1125,6 +1184,8 @@ class ReferenceIndex:
             for i, candidates in enumerate(self.index.query_all(query.minhashes)):
                 for ref in sorted(candidates):
                     compared += 1
+                    if query.minhashes[i].jaccard(self.sigs.minhashes[ref]) < self.threshold - ESTIMATE_MARGIN:
+                        continue
                     similarity = query.jaccard(i, self.sigs, ref)
                     if similarity >= self.threshold:
                         item = self.items_of[ref][0]

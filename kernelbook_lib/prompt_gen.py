@@ -792,9 +792,10 @@ def format_summary(summary: SyntheticSummary) -> str:
         reasons = ", ".join(f"{reason} {count}" for reason, count in stage.dropped.items()) or "-"
         lines.append(f"{stage.name:<9} {stage.rows_in:>8} {stage.rows_out:>8} {sum(stage.dropped.values()):>8}  {reasons}")
     saved = f", {summary.calls_saved_by_dedupe} LLM calls saved" if summary.backend == LLM_GENERATOR else ""
-    near = f" and {summary.near_duplicates_collapsed} near-duplicates" if summary.near_duplicates_collapsed else ""
-    lines.append(f"dedupe: {summary.distinct_problems} distinct problems, {summary.duplicates_collapsed} duplicate rows{near} "
-                 f"collapsed before generation{saved}")
+    near = (f" (and {summary.near_duplicates_collapsed} near-duplicates: one prompt per family)"
+            if summary.near_duplicates_collapsed else "")
+    lines.append(f"dedupe: {summary.distinct_problems} distinct problems, {summary.duplicates_collapsed} duplicate rows "
+                 f"collapsed{near} before generation{saved}")
     if summary.near_dup:
         lines.append(format_families(summary.near_dup))
     if summary.decontamination:

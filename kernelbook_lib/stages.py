@@ -38,6 +38,7 @@ class FamilyStage:
     result: StageResult
     near_dup: dict = field(default_factory=dict)
     forms: pl.DataFrame | None = None
+    timings: dict = field(default_factory=dict)  # seconds (logged, not in the summary: runs must compare equal)
 
 
 def assign_families(
@@ -60,14 +61,16 @@ def assign_families(
     if near_dup:
         grouped = neardup.group_families(keys, problems.get_column(schema.PYTHON_CODE).to_list(), threshold, workers, progress)
         forms = pl.DataFrame({"problem_id": keys, "_form": grouped.forms}, schema={"problem_id": pl.String, "_form": pl.String})
-        summary = {"enabled": True, **grouped.stats}
+        timings = {k: grouped.stats[k] for k in ("normalize_s", "wall_s", "workers", "worker_peak_rss_mib", "worker_cpu_s")}
+        summary = {"enabled": True, **{k: v for k, v in grouped.stats.items() if k not in timings}}
     else:
         grouped = neardup.singleton_families(keys)
         forms = None
+        timings = {}
         summary = {"enabled": False, "normalization": None, "threshold": None, **grouped.stats}
     mapping = pl.DataFrame({"problem_id": keys, "family_id": grouped.family_of}, schema={"problem_id": pl.String, "family_id": pl.String})
     out = frame.join(mapping, on="problem_id", how="left", maintain_order="left")
-    return FamilyStage(StageResult.of("families", frame.height, out, empty_rejections()), summary, forms)
+    return FamilyStage(StageResult.of("families", frame.height, out, empty_rejections()), summary, forms, timings)
 
 
 def family_counts(frame: pl.DataFrame) -> dict[str, int]:

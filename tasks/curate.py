@@ -87,7 +87,7 @@ def group_families(frame: pl.DataFrame, near_dup: bool, threshold: float) -> sta
         logger.info(
             f"families: {nd['problems']} problems in {nd['families']} families, {nd['problems_in_shared_families']} "
             f"in a family of more than one (largest {nd['largest_family']}); {nd['pairs_compared']} pairs compared "
-            f"in {nd['wall_s']} s (threshold {threshold}, {nd['normalization']})"
+            f"in {result.timings['wall_s']} s (threshold {threshold}, {nd['normalization']})"
         )
     else:
         logger.info("families: --no-near-dup, every problem is its own family")
