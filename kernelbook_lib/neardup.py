@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import math
 import os
 import re
@@ -969,6 +970,7 @@ class Signatures:
     forms: list[str]
     minhashes: list  # rensa.RMinHash, one per form
     shingle_sets: list[np.ndarray]  # sorted unique uint64 shingle hashes, one per form
+    _digests: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, forms: list[str]) -> Signatures:
@@ -981,6 +983,13 @@ class Signatures:
         hashed = rensa.RMinHash.hash_token_sets(sets_of)
         sets = [np.unique(np.fromiter(h, dtype=np.uint64, count=len(h))) for h in hashed]
         return cls(forms=forms, minhashes=list(minhashes), shingle_sets=sets)
+
+    @property
+    def digests(self) -> np.ndarray:
+        """The signatures as a ``(forms, NUM_PERM)`` uint32 matrix."""
+        if self._digests is None:
+            self._digests = np.array([m.digest() for m in self.minhashes], dtype=np.uint32).reshape(len(self.minhashes), NUM_PERM)
+        return self._digests
 
     def jaccard(self, i: int, other: Signatures, j: int) -> float:
         """Exact Jaccard similarity of this form ``i`` and ``other``'s form ``j``."""
@@ -1068,6 +1077,34 @@ def family_stats(family_of: Sequence[str]) -> dict:
     }
 
 
+#: Forms queried against the LSH index at a time, and candidate pairs whose MinHash estimate is
+#: computed at a time (numpy: 150 uint32 per signature, so about 60 MB per batch).
+_QUERY_BATCH = 5_000
+_ESTIMATE_BATCH = 100_000
+
+
+def _candidate_pairs(sigs: Signatures, index, floor: float):
+    """The LSH candidate pairs ``(i, j)``, ``i < j``, of the forms of ``sigs``, in batches:
+    yields the pairs whose MinHash estimate is at least ``floor`` (two arrays) and how many
+    candidates the batch had. The estimates are computed in numpy from the signatures (the
+    share of equal slots, as ``RMinHash.jaccard`` does), not pair by pair in Python."""
+    digests = sigs.digests
+    for start in range(0, len(sigs.minhashes), _QUERY_BATCH):
+        results = index.query_all(sigs.minhashes[start : start + _QUERY_BATCH])
+        lengths = np.fromiter((len(r) for r in results), dtype=np.int64, count=len(results))
+        right = np.fromiter(itertools.chain.from_iterable(results), dtype=np.int64, count=int(lengths.sum()))
+        left = np.repeat(np.arange(start, start + len(results), dtype=np.int64), lengths)
+        keep = right > left
+        left, right = left[keep], right[keep]
+        order = np.lexsort((right, left))  # deterministic, whatever order the index answers in
+        left, right = left[order], right[order]
+        survive = np.zeros(left.size, dtype=bool)
+        for s in range(0, left.size, _ESTIMATE_BATCH):
+            same = digests[left[s : s + _ESTIMATE_BATCH]] == digests[right[s : s + _ESTIMATE_BATCH]]
+            survive[s : s + _ESTIMATE_BATCH] = same.mean(axis=1) >= floor
+        yield left[survive], right[survive], int(left.size)
+
+
 def group_families(
     keys: Sequence[str],
     codes: Sequence[str],
@@ -1095,16 +1132,13 @@ def group_families(
     sigs = Signatures.of(distinct)
     uf = _UnionFind(len(distinct))
     compared = exact = confirmed = 0
-    minhashes, floor = sigs.minhashes, threshold - ESTIMATE_MARGIN
     if distinct:
         index = sigs.lsh(threshold)
-        for i, candidates in enumerate(index.query_all(sigs.minhashes)):
-            for j in candidates:
+        for left, right, candidates in _candidate_pairs(sigs, index, threshold - ESTIMATE_MARGIN):
+            compared += candidates
+            for i, j in zip(left.tolist(), right.tolist()):
                 # A pair already in one family needs no check: it cannot change the components.
-                if j <= i or uf.find(i) == uf.find(j):
-                    continue
-                compared += 1
-                if minhashes[i].jaccard(minhashes[j]) < floor:
+                if uf.find(i) == uf.find(j):
                     continue
                 exact += 1
                 if sigs.jaccard(i, sigs, j) >= threshold:
