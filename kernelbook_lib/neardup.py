@@ -1,33 +1,34 @@
-"""Near-duplicate families of PyTorch modules, and decontamination against benchmarks.
+"""Near-duplicate families of PyTorch modules (and the matching behind decontamination).
 
 KernelBook's modules were scraped from public repositories, where one operation appears again and
 again under another class name, with a docstring, with ``super(Cls, self).__init__()``, with the
 forward argument renamed, with other shapes in ``get_inputs()``. Each copy is its own
 ``problem_id`` (an exact hash); this module groups them into **families**:
 
-1. **Normalise** (version :data:`NORMALIZATION_VERSION`): parse with :mod:`ast` (never execute)
-   and write the module as a sequence of tokens that leaves out what does not define the task
-   (imports, docstrings, comments, the ``get_inputs``/``get_init_inputs`` harness, an
-   ``if __name__ == "__main__"`` block, type annotations, ``super().__init__()`` and an
-   ``__init__`` that only calls it), spells import aliases out (``F.relu`` is
-   ``torch.nn.functional.relu``), gives the names the module defines itself canonical names
-   (classes ``C0``, functions ``f0``, methods ``m0``, module-level names ``g0``, attributes the
-   module assigns ``p0``, and per function its arguments ``a0`` and locals ``v0``), and replaces
-   every numeric literal by ``<num>`` (see the README for why). Code that does not parse gets a
-   token-level fallback (:func:`_fallback`), never an error.
-2. **Shingle** the tokens into overlapping :data:`SHINGLE_SIZE`-grams.
-3. Modules with the same normalised form are one family at once. The distinct forms get MinHash
-   signatures and go through LSH banding (``rensa``: :data:`NUM_PERM` permutations, bands chosen
-   so a pair at the threshold is a candidate with probability >= 0.99); every candidate pair is
-   confirmed by the **exact** Jaccard similarity of the two shingle sets.
-4. **Families** are the connected components of the confirmed pairs; a family's id is the
-   smallest ``problem_id`` among its members, so a family of one is its own problem.
+1. **Normalise** (version :data:`NORMALIZATION_VERSION`, :func:`normalize`): parse with :mod:`ast`
+   (never execute) and write the module as tokens that leave out what does not define the task
+   (imports, docstrings, comments, the ``get_inputs``/``get_init_inputs`` harness, a
+   ``__main__`` block, annotations, ``super().__init__()`` in both spellings, attributes set and
+   never read, ``.contiguous()``), spell equivalent code one way (import aliases,
+   ``torch.nn.functional.X`` as ``torch.X``, tensor methods as ``torch`` functions, ``torch.add``
+   as ``+``, a local used once inlined into its use), give the names the module defines itself
+   canonical names (``$C0``, ``$a1``, ``$v0``, ``$p0`` ...), and make every number ``<num>``. The
+   operations a module uses (library calls, operators) are collected on the side. Code that does
+   not parse gets a token-level fallback (:func:`_fallback`), never an error.
+2. **Compare** sets (:func:`shingles`): 3-token shingles plus each operation
+   :data:`OPERATION_WEIGHT` times; two modules are linked when the exact Jaccard similarity of
+   their sets reaches the threshold.
+3. **Find the pairs** without comparing all of them: modules with the same form are linked at
+   once; distinct forms get MinHash signatures and LSH banding (``rensa``), candidates whose
+   MinHash estimate is far below the threshold are dropped, the rest are checked exactly.
+4. **Families** are the connected components; a family's id is the smallest key (``problem_id``)
+   among its members, so a family of one is its own problem.
 
-:class:`ReferenceIndex` uses the same normalisation, sets and threshold to find the modules that
-copy an item of an evaluation benchmark (``kernelbook_lib.decontam``).
-
-Nothing here imports Prefect. The normalisation of many modules runs in a process pool
-(``workers``): it is pure-Python work on syntax trees.
+:class:`ReferenceIndex` matches modules against reference items (a benchmark's) with the same
+normalisation, sets and threshold (``kernelbook_lib.decontam``). The default threshold and the
+shingle settings were chosen with the calibration set in ``tests/fixtures/neardup_calibration.py``
+(see the README). Nothing here imports Prefect or polars; the normalisation of many modules runs
+in a process pool (:func:`normalize_many`).
 """
 
 from __future__ import annotations
@@ -929,6 +930,9 @@ def normalize_many(
     return forms, parsed
 
 
+_OP_COPIES: dict[tuple[str, int], tuple[str, ...]] = {}
+
+
 def shingles(form: str) -> list[str]:
     """The set a form is compared by: its :data:`SHINGLE_SIZE`-grams of tokens, and each of its
     distinct operations :data:`OPERATION_WEIGHT` times (so that in a short module, where most
@@ -936,9 +940,14 @@ def shingles(form: str) -> list[str]:
     text, _, op_text = form.partition("\x1e")
     tokens = text.split("\x1f")
     k = SHINGLE_SIZE
-    out = [text] if len(tokens) <= k else ["\x1f".join(tokens[i : i + k]) for i in range(len(tokens) - k + 1)]
+    out = [text] if len(tokens) <= k else list(map("\x1f".join, zip(*(tokens[i:] for i in range(k)))))
     if op_text:
-        out += [f"{op}\x1d{copy}" for op in op_text.split("\x1f") for copy in range(OPERATION_WEIGHT)]
+        weight = OPERATION_WEIGHT
+        for op in op_text.split("\x1f"):
+            copies = _OP_COPIES.get((op, weight))
+            if copies is None:
+                copies = _OP_COPIES[op, weight] = tuple(f"{op}\x1d{copy}" for copy in range(weight))
+            out += copies
     return out
 
 
@@ -963,6 +972,9 @@ def minhash_library() -> str:
     return f"rensa {version('rensa')} RMinHash"
 
 
+_SIGN_BATCH = 5_000
+
+
 @dataclass
 class Signatures:
     """MinHash signatures and exact shingle sets of distinct normalised forms."""
@@ -976,13 +988,14 @@ class Signatures:
     def of(cls, forms: list[str]) -> Signatures:
         import rensa
 
-        if not forms:
-            return cls(forms=[], minhashes=[], shingle_sets=[])
-        sets_of = [shingles(form) for form in forms]
-        minhashes = rensa.RMinHash.from_token_sets(sets_of, NUM_PERM, MINHASH_SEED)
-        hashed = rensa.RMinHash.hash_token_sets(sets_of)
-        sets = [np.unique(np.fromiter(h, dtype=np.uint64, count=len(h))) for h in hashed]
-        return cls(forms=forms, minhashes=list(minhashes), shingle_sets=sets)
+        minhashes: list = []
+        sets: list[np.ndarray] = []
+        # In batches, so the shingle strings of only one batch are alive at a time.
+        for start in range(0, len(forms), _SIGN_BATCH):
+            sets_of = [shingles(form) for form in forms[start : start + _SIGN_BATCH]]
+            minhashes += rensa.RMinHash.from_token_sets(sets_of, NUM_PERM, MINHASH_SEED)
+            sets += [np.array(sorted(set(h)), dtype=np.uint64) for h in rensa.RMinHash.hash_token_sets(sets_of)]
+        return cls(forms=forms, minhashes=minhashes, shingle_sets=sets)
 
     @property
     def digests(self) -> np.ndarray:
