@@ -1109,13 +1109,13 @@ def _candidate_pairs(sigs: Signatures, index, floor: float):
         left = np.repeat(np.arange(start, start + len(results), dtype=np.int64), lengths)
         keep = right > left
         left, right = left[keep], right[keep]
-        order = np.lexsort((right, left))  # deterministic, whatever order the index answers in
-        left, right = left[order], right[order]
         survive = np.zeros(left.size, dtype=bool)
         for s in range(0, left.size, _ESTIMATE_BATCH):
             same = digests[left[s : s + _ESTIMATE_BATCH]] == digests[right[s : s + _ESTIMATE_BATCH]]
             survive[s : s + _ESTIMATE_BATCH] = same.mean(axis=1) >= floor
-        yield left[survive], right[survive], int(left.size)
+        left, right = left[survive], right[survive]
+        order = np.lexsort((right, left))  # deterministic, whatever order the index answers in
+        yield left[order], right[order], int(keep.sum())
 
 
 def group_families(
