@@ -2,12 +2,15 @@
 
 Prints wall time, rows/s and peak RSS of the real command (`python -m kernelbook_cli curate
 --no-analysis`, the ephemeral Prefect server's start and stop included), with the default task
-runner and with `--task-runner dask`, and the ratio of each to a bare polars + `ast` baseline
-doing the same minimal work on the same file in the same run (read, filter, find the answer,
-parse both sources, keep the best row per problem, write parquet). The analysis (plots of
-every row) is a separate stage and is timed on its own at the end.
+runner (near-duplicate families on, the default), the same with `--no-near-dup`, and with
+`--task-runner dask`, and the ratio of each to a bare polars + `ast` baseline doing the same
+minimal work on the same file in the same run (read, filter, find the answer, parse both
+sources, keep the best row per problem, write parquet). For the runs with families it prints
+what the families stage did (problems, families, its own time from the run's log). The
+analysis (plots of every row) is a separate stage and is timed on its own at the end. The load
+average before each run is printed: other work on the machine shows directly in the times.
 
-    uv run python benchmarks/curate_scale.py [--rows 181620] [--keep]
+    uv run python benchmarks/curate_scale.py [--rows 181620] [--keep] [--skip-dask]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,6 +60,9 @@ best.drop("solution", "code").write_parquet(dst + "/unique.parquet")
 '''
 
 
+_FAMILIES_TIME = re.compile(r"families: .* pairs compared in ([0-9.]+) s")
+
+
 def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
     """Run a command; return wall seconds, peak RSS in MiB (the process and its waited-for
     children), and its combined output."""
@@ -74,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=181_620)
     parser.add_argument("--keep", action="store_true", help="keep the generated data and outputs")
+    parser.add_argument("--skip-dask", action="store_true", help="leave out the --task-runner dask run")
     args = parser.parse_args()
 
     from tests.fixtures.fake_data import write_evals_large
@@ -89,22 +97,33 @@ def main() -> None:
         base_out.mkdir()
         base_wall, base_rss, _ = run_measured([sys.executable, "-c", BASELINE, str(data), str(base_out)])
 
-        print(f"baseline (polars + ast, same work): {base_wall:6.1f} s, peak RSS {base_rss:6.0f} MiB")
-        for runner in ("default", "dask"):
-            out = work / f"out-{runner}"
+        print(f"baseline (polars + ast, same work): {base_wall:6.1f} s, peak RSS {base_rss:6.0f} MiB "
+              f"(load average before {os.getloadavg()[0]:.1f})")
+        runs = [("default", "families", []), ("default", "no-near-dup", ["--no-near-dup"])]
+        if not args.skip_dask:
+            runs.append(("dask", "families", []))
+        for runner, label, extra in runs:
+            out = work / f"out-{runner}-{label}"
+            load = os.getloadavg()[0]
             wall, rss, output = run_measured(
                 [sys.executable, "-m", "kernelbook_cli", "curate", "--source", str(data), "--judge", "static",
-                 "--no-analysis", "--task-runner", runner, "--out", str(out)],
+                 "--no-analysis", "--task-runner", runner, "--out", str(out), *extra],
                 env=dict(os.environ),
             )
             summary = json.loads((out / "run_summary.json").read_text())
-            kept = summary["stages"][1]["rows_out"]
-            print(f"curate, static judge, {runner:7} runner: {wall:6.1f} s, peak RSS {rss:6.0f} MiB, "
-                  f"{args.rows / wall:,.0f} rows/s ({kept:,} rows judged); ratio to baseline {wall / base_wall:.2f} "
-                  f"(target <= 2.0); peak RSS {rss / 1024:.2f} GiB (target < 4 GiB)")
+            judged = {s["name"]: s for s in summary["stages"]}["judge"]["rows_in"]
+            print(f"curate, static judge, {runner:7} runner, {label:11}: {wall:6.1f} s, peak RSS {rss:6.0f} MiB, "
+                  f"{args.rows / wall:,.0f} rows/s ({judged:,} rows judged); ratio to baseline {wall / base_wall:.2f} "
+                  f"(target <= 2.0); peak RSS {rss / 1024:.2f} GiB (target < 4 GiB); load average before {load:.1f}")
+            near = summary.get("near_dup") or {}
+            if near.get("enabled"):
+                stage_time = _FAMILIES_TIME.search(output)
+                print(f"    families: {near['problems']:,} problems in {near['families']:,} families "
+                      f"({near['distinct_forms']:,} distinct normalised forms, {near['pairs_compared']:,} pairs compared), "
+                      f"stage {stage_time.group(1) if stage_time else '?'} s")
             if "ERROR" in output or "Traceback" in output:
                 print("note: the run printed an ERROR line or a traceback")
-        wall, rss, _ = run_measured([sys.executable, "-m", "kernelbook_cli", "analyze", "--input", str(work / "out-default")])
+        wall, rss, _ = run_measured([sys.executable, "-m", "kernelbook_cli", "analyze", "--input", str(work / "out-default-families")])
         print(f"analysis of the same output (statistics, 3 plots, report): {wall:6.1f} s, peak RSS {rss:6.0f} MiB")
     finally:
         if args.keep:

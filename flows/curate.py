@@ -1,4 +1,5 @@
-"""The ``curate`` flow: load -> filter -> judge -> dedupe -> split -> export.
+"""The ``curate`` flow: load -> families -> filter -> decontaminate -> judge -> dedupe -> split
+-> export.
 
 Run it with ``kernelbook curate`` (the CLI), ``python -m flows.curate``, or as a deployment
 (``prefect.yaml``). Parameters are flat and typed so every entry point passes the same ones.
@@ -14,19 +15,23 @@ from prefect import flow
 
 from flows.analyze import analyze
 from kernelbook_lib.loading import DEFAULT_SOURCE
+from kernelbook_lib.neardup import DEFAULT_NEAR_DUP_THRESHOLD
 from kernelbook_lib.stages import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION
 from kernelbook_lib.summary import empty_result_warnings, now_iso
 from tasks.curate import (
     check_judge_failures,
+    decontaminate_rows,
     dedupe,
     export_outputs,
     filter_rewards,
+    group_families,
     judge_gate,
     judge_rows,
+    load_benchmarks,
     load_source,
     prepare_out,
     resolve_judge,
-    split_by_problem,
+    split_by_family,
     validate_rows,
     write_run_summary,
 )
@@ -43,31 +48,39 @@ def curate(
     limit: int | None = None,
     seed: int = DEFAULT_SEED,
     val_fraction: float = DEFAULT_VAL_FRACTION,
-    group_by: Literal["problem_id", "module_name"] = "problem_id",
+    group_by: Literal["problem_id", "module_name", "family_id"] = "problem_id",
     out: str = "outputs",
     analysis: bool = True,
     refresh_judge: bool = False,
     max_judge_failure_rate: float = 0.01,
+    near_dup: bool = True,
+    near_dup_threshold: float = DEFAULT_NEAR_DUP_THRESHOLD,
+    decontaminate: list[str] | None = None,
 ) -> dict:
     """Curate eval rollouts into the ``filtered`` and ``unique`` SFT datasets in ``out``."""
     started_at = now_iso()
     out_dir = prepare_out(out)
+    benchmarks = load_benchmarks(list(decontaminate or []))
     loaded = validate_rows(load_source(source, split))
-    kept = filter_rewards(loaded.frame, threshold, limit)
-    judged, judge_info = judge_rows(kept.frame, resolve_judge(judge), refresh_judge)
+    families = group_families(loaded.frame, near_dup, near_dup_threshold)
+    kept = filter_rewards(families.result.frame, threshold, limit)
+    clean = decontaminate_rows(kept.frame, benchmarks, near_dup_threshold, families.forms)
+    judged, judge_info = judge_rows(clean.result.frame, resolve_judge(judge), refresh_judge)
     unique = dedupe(judged.frame, group_by)
-    filtered_split, splitted = split_by_problem(judged.frame, unique.frame, seed, val_fraction)
-    stages = [r.report for r in (loaded, kept, judged, unique, splitted)]
+    filtered_split, splitted, by_dataset = split_by_family(judged.frame, unique.frame, seed, val_fraction)
+    stages = [r.report for r in (loaded, families.result, kept, clean.result, judged, unique, splitted)]
     summary = export_outputs(
         out_dir,
         dict(
             source=source, split=split, threshold=threshold, limit=limit, **judge_info,
             group_by=group_by, seed=seed, val_fraction=val_fraction, started_at=started_at,
             stages=stages, warnings=empty_result_warnings(stages),
+            near_dup={**families.near_dup, "by_dataset": by_dataset},
+            decontamination=clean.report or None,
         ),
         filtered_split,
         splitted.frame,
-        [loaded, kept, judged],
+        [loaded, kept, clean.result, judged],
     )
     judge_failure = judge_gate(judged, max_judge_failure_rate)  # before the analysis: says why
     if analysis and judge_failure is None:

@@ -1,4 +1,5 @@
-"""The ``generate-prompts`` flow: load -> dedupe by problem -> generate -> export.
+"""The ``generate-prompts`` flow: load -> families -> decontaminate -> dedupe (one per family, or
+per problem) -> generate -> export.
 
 A task specification for every distinct PyTorch module of ``GPUMODE/KernelBook`` (or of the eval
 rollouts), written by an LLM (``--backend llm``, through the same LLM machinery as the judge) or
@@ -18,12 +19,16 @@ from prefect import flow
 
 from kernelbook_lib import prompt_gen
 from kernelbook_lib.loading import SplitName
+from kernelbook_lib.neardup import DEFAULT_NEAR_DUP_THRESHOLD
 from kernelbook_lib.summary import now_iso
 from tasks.prompts import (
     check_generation,
+    decontaminate_rows,
     dedupe_problems,
     export_synthetic,
     generate_specs,
+    group_families,
+    load_benchmarks,
     load_prompt_source,
     prepare_synthetic_out,
     resolve_backend,
@@ -41,25 +46,33 @@ def generate_prompts(
     limit: int | None = None,
     out: str = "outputs",
     refresh: bool = False,
+    near_dup: bool = True,
+    near_dup_threshold: float = DEFAULT_NEAR_DUP_THRESHOLD,
+    decontaminate: list[str] | None = None,
 ) -> dict:
-    """Write a task specification for every distinct problem of ``source`` into ``out``."""
+    """Write a task specification for every near-duplicate family (``near_dup``, the default)
+    or every distinct problem of ``source`` into ``out``."""
     started_at = now_iso()
     chosen = resolve_backend(backend)
     out_dir = prepare_synthetic_out(out)
+    benchmarks = load_benchmarks(list(decontaminate or []))
     prepared = validate_prompt_rows(load_prompt_source(source, split))
-    problems = dedupe_problems(prepared.result.frame, limit)
+    families = group_families(prepared.result.frame, near_dup, near_dup_threshold)
+    clean = decontaminate_rows(families.result.frame, benchmarks, near_dup_threshold, families.forms)
+    problems = dedupe_problems(clean.result.frame, limit, near_dup)
     generated, generator_info = generate_specs(problems.frame, chosen, refresh)
     summary = export_synthetic(
         out_dir,
         dict(
             source=source, split=split, limit=limit, input_schema=prepared.input_schema, backend=chosen,
             **generator_info, **prompt_gen.dedupe_summary(problems, chosen),
+            near_dup=families.near_dup, decontamination=clean.report or None,
             provenance_columns=list(prepared.provenance), started_at=started_at,
-            stages=[r.report for r in (prepared.result, problems, generated)],
+            stages=[r.report for r in (prepared.result, families.result, clean.result, problems, generated)],
             warnings=[*prepared.warnings, *prompt_gen.generation_warnings(generated.report)],
         ),
         generated.frame,
-        [prepared.result, problems, generated],
+        [prepared.result, clean.result, problems, generated],
     )
     check_generation(generated)
     return summary.model_dump(mode="json")

@@ -33,6 +33,7 @@ from prefect import flow, get_run_logger
 from flows.curate import curate
 from flows.publish import publish as publish_flow
 from kernelbook_lib.loading import DEFAULT_SOURCE, SplitName
+from kernelbook_lib.neardup import DEFAULT_NEAR_DUP_THRESHOLD
 from kernelbook_lib.stages import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION, GroupBy
 from tasks.analysis import DEFAULT_SUBDIR, REPORT_MD
 from tasks.preflight import guarded
@@ -57,12 +58,17 @@ def reevaluate(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     group_by: GroupBy = "problem_id",
     max_judge_failure_rate: float | None = None,
+    near_dup: bool = True,
+    near_dup_threshold: float = DEFAULT_NEAR_DUP_THRESHOLD,
+    decontaminate: list[str] | None = None,
+    single_repo: str | None = None,
     task_runner: TaskRunnerKind = "default",
     dask_address: str | None = None,
 ) -> dict:
     """Re-curate ``source`` into ``out`` (re-judging only what changed) with its analysis in
     ``out``/analysis, and publish ``out`` to the Hub when ``publish`` is true (repos from
-    HF_FILTERED_REPO / HF_UNIQUE_REPO, token from HF_TOKEN). ``max_judge_failure_rate``
+    HF_FILTERED_REPO / HF_UNIQUE_REPO, or as configs of ``single_repo``; token from HF_TOKEN or
+    a saved ``hf auth login``). ``max_judge_failure_rate``
     None keeps curate's default; a run over it stops before the analysis and the publish."""
     logger = get_run_logger()
     options = {} if max_judge_failure_rate is None else {"max_judge_failure_rate": max_judge_failure_rate}
@@ -70,11 +76,12 @@ def reevaluate(
     with task_runner_session(task_runner, dask_address) as runner:
         summary = curate.with_options(task_runner=runner)(
             source=source, split=split, threshold=threshold, judge=judge, limit=limit, seed=seed,
-            val_fraction=val_fraction, group_by=group_by, out=out, analysis=True, **options,
+            val_fraction=val_fraction, group_by=group_by, out=out, analysis=True,
+            near_dup=near_dup, near_dup_threshold=near_dup_threshold, decontaminate=decontaminate, **options,
         )
     if summary.get("llm"):
         logger.info(f"re-evaluate: judge calls {summary['llm']}")
-    published = publish_flow(input=out, push=True, private=private) if publish else None
+    published = publish_flow(input=out, push=True, private=private, single_repo=single_repo) if publish else None
     logger.info(
         f"re-evaluate: {out} refreshed (datasets {summary['datasets']}); "
         + ("published" if published else "not published (publish=false)")
@@ -105,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
     parser.add_argument("--group-by", default="problem_id", choices=typing.get_args(GroupBy))
     parser.add_argument("--max-judge-failure-rate", type=float, default=None)
+    parser.add_argument("--near-dup", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--near-dup-threshold", type=float, default=DEFAULT_NEAR_DUP_THRESHOLD)
+    parser.add_argument("--decontaminate", action="append", default=None, metavar="SRC")
+    parser.add_argument("--single-repo", default=None, metavar="OWNER/NAME")
     parser.add_argument("--task-runner", default="default", choices=typing.get_args(TaskRunnerKind))
     parser.add_argument("--dask-address", default=None)
     args = parser.parse_args(argv)

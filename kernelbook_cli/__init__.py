@@ -78,6 +78,12 @@ def run_with_runner(fn, runner: TaskRunnerChoice, address: str | None, **kwargs)
 class GroupBy(str, Enum):
     problem_id = "problem_id"
     module_name = "module_name"
+    family_id = "family_id"
+
+
+NearDupOption = Annotated[bool, typer.Option("--near-dup/--no-near-dup", help="Group near-duplicate modules into families (MinHash over a normalised form of the code); --no-near-dup makes every problem its own family.")]
+NearDupThresholdOption = Annotated[float, typer.Option("--near-dup-threshold", help="Similarity (Jaccard of the normalised modules' shingles, above 0 and at most 1) at which two modules are one family, or a row copies a benchmark item.", min=0.0, max=1.0)]
+DecontaminateOption = Annotated[Optional[list[str]], typer.Option("--decontaminate", metavar="SRC", help="An evaluation benchmark (local .parquet/.jsonl file or folder, or a Hub dataset id such as ScalingIntelligence/KernelBench) whose items must not be copied: matching rows are removed as 'contaminated'. Repeatable.")]
 
 
 class _HideUserErrors(logging.Filter):
@@ -164,21 +170,25 @@ def curate(
     threshold: Annotated[float, typer.Option(help="Keep rows with reward strictly above this.")] = 0.85,
     judge: Annotated[JudgeChoice, typer.Option(help="llm: the LLM judge (needs PRIME_API_KEY); static: the offline AST heuristic; auto: llm when a key is configured, else static.")] = JudgeChoice.auto,
     limit: Annotated[Optional[int], typer.Option(help="Keep only the first N rows that pass the filter (test mode).", min=1)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the problem-grouped train/validation split.")] = 42,
-    val_fraction: Annotated[float, typer.Option(help="Share of problems in validation.")] = 0.1,
-    group_by: Annotated[GroupBy, typer.Option(help="Dedupe key: problem_id (default) or module_name (the original's grouping).")] = GroupBy.problem_id,
+    seed: Annotated[int, typer.Option(help="Seed of the family-grouped train/validation split.")] = 42,
+    val_fraction: Annotated[float, typer.Option(help="Share of near-duplicate families (problems with --no-near-dup) in validation.")] = 0.1,
+    group_by: Annotated[GroupBy, typer.Option(help="Dedupe key: problem_id (default), family_id (one rollout per near-duplicate family) or module_name (the original's grouping).")] = GroupBy.problem_id,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("outputs"),
     analysis: Annotated[bool, typer.Option("--analysis/--no-analysis", help="Run the analysis (statistics, plots, report) at the end.")] = True,
     refresh_judge: Annotated[bool, typer.Option("--refresh-judge", help="Ignore cached LLM judgements and call again (the new replies replace the cached ones).")] = False,
     max_judge_failure_rate: Annotated[float, typer.Option(help="Exit non-zero (after writing everything) when more than this share of rows could not be judged.", min=0.0, max=1.0)] = 0.01,
+    near_dup: NearDupOption = True,
+    near_dup_threshold: NearDupThresholdOption = 0.7,
+    decontaminate: DecontaminateOption = None,
     task_runner: TaskRunnerOption = TaskRunnerChoice.default,
     dask_address: DaskAddressOption = None,
 ) -> None:
-    """Load, filter, judge, dedupe, split and export (the filtered and unique datasets)."""
+    """Load, group near-duplicate families, filter, decontaminate, judge, dedupe, split and export (the filtered and unique datasets)."""
     values = dict(
         source=source, split=split.value, threshold=threshold, judge=judge.value, limit=limit,
         seed=seed, val_fraction=val_fraction, group_by=group_by.value, out=str(out), analysis=analysis,
         refresh_judge=refresh_judge, max_judge_failure_rate=max_judge_failure_rate,
+        near_dup=near_dup, near_dup_threshold=near_dup_threshold, decontaminate=list(decontaminate or []),
     )
     with _checked_and_locked("curate", values, task_runner, dask_address):
         from flows.curate import curate as curate_flow
@@ -253,14 +263,20 @@ def generate_prompts(
     source: Annotated[str, typer.Option(help="'sample' (bundled synthetic KernelBook sample), a local .parquet/.jsonl file or folder, or a Hub dataset id; KernelBook schema (module_name, python_code) or eval schema (info.*).")] = "GPUMODE/KernelBook",
     split: Annotated[Split, typer.Option(help="Source split to read (KernelBook has train only).")] = Split.train,
     backend: Annotated[Backend, typer.Option(help="llm: specifications written by GENERATOR_MODEL (needs PRIME_API_KEY); template: offline, built from the module's syntax tree; auto: llm when a key is configured, else template.")] = Backend.auto,
-    limit: Annotated[Optional[int], typer.Option(help="Generate for the first N distinct problems only (test mode).", min=1)] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Generate for the first N families (distinct problems with --no-near-dup) only (test mode).", min=1)] = None,
     out: Annotated[Path, typer.Option(help="Output folder (may be curate's: only the synthetic* outputs are written).")] = Path("outputs"),
     refresh: Annotated[bool, typer.Option("--refresh", help="Ignore cached LLM replies and call again (the new replies replace the cached ones).")] = False,
+    near_dup: Annotated[bool, typer.Option("--near-dup/--no-near-dup", help="One specification per near-duplicate family (default), or with --no-near-dup one per distinct problem.")] = True,
+    near_dup_threshold: NearDupThresholdOption = 0.7,
+    decontaminate: DecontaminateOption = None,
     task_runner: TaskRunnerOption = TaskRunnerChoice.default,
     dask_address: DaskAddressOption = None,
 ) -> None:
-    """Write a task specification for every distinct PyTorch module (the synthetic prompts dataset)."""
-    values = dict(source=source, split=split.value, backend=backend.value, limit=limit, out=str(out), refresh=refresh)
+    """Write a task specification for every near-duplicate family (or distinct problem) of PyTorch modules (the synthetic prompts dataset)."""
+    values = dict(
+        source=source, split=split.value, backend=backend.value, limit=limit, out=str(out), refresh=refresh,
+        near_dup=near_dup, near_dup_threshold=near_dup_threshold, decontaminate=list(decontaminate or []),
+    )
     with _checked_and_locked("generate-prompts", values, task_runner, dask_address):
         from flows.generate_prompts import generate_prompts as generate_flow
         from kernelbook_lib.prompt_gen import SUMMARY_FILE, SyntheticSummary, format_summary

@@ -78,6 +78,7 @@ COLUMN_DOCS: dict[str, str] = {
     "num_turns": "turns in the rollout",
     "oai_tools": "unused (null)",
     "problem_id": "first 16 hex digits of SHA-256 of the normalised PyTorch reference code (`info.python_code`)",
+    "family_id": "the problem's near-duplicate family: the smallest `problem_id` among the modules that copy one another (its own `problem_id` when it has no near-duplicate); the split is by family",
     "difficulty": "judged difficulty of the problem, 0-10",
     "style": "judged quality of the Triton solution, 0-10",
     "judge": "which judge produced `difficulty` and `style`",
@@ -95,6 +96,7 @@ COLUMN_DOCS: dict[str, str] = {
 SYNTHETIC_COLUMN_DOCS: dict[str, str] = {
     "prompt": "the generated task specification (by the generator named in `generator`)",
     "problem_id": "first 16 hex digits of SHA-256 of the normalised PyTorch reference code (`python_code`)",
+    "family_id": "the module's near-duplicate family: the smallest `problem_id` among the modules that copy one another (one prompt per family by default)",
     "generator": "what wrote `prompt`: `llm`, or `template-ast-v2` (deterministic, from the module's syntax tree, no model)",
     "generator_model": "the LLM's model name (null for the template)",
     "generator_prompt_version": "the generator's prompt/template version",
@@ -418,6 +420,8 @@ def _judged_body(kind: str, summary: Mapping[str, Any], splits: Mapping[str, int
     group_by = summary["group_by"]
     if group_by == "problem_id":
         key = "problem (`problem_id`, a hash of the normalised PyTorch reference code)"
+    elif group_by == "family_id":
+        key = "near-duplicate family (`family_id`, see below)"
     else:
         key = (
             f"`{group_by}` (the original project's grouping: different problems that share a class "
@@ -427,16 +431,10 @@ def _judged_body(kind: str, summary: Mapping[str, Any], splits: Mapping[str, int
     if kind == "filtered":
         dedupe += " The `filtered` dataset itself is not deduplicated."
     parts.append(dedupe)
+    parts += families_paragraphs(summary)
     parts.append(
-        f"**Split.** Train/validation by problem, not by row: each `problem_id` goes to validation when "
-        f"SHA-256 of `\"{summary['seed']}:<problem_id>\"` falls in the first {summary['val_fraction']:.0%} "
-        "of the hash range, otherwise to train (so about that share of problems, not exactly). All "
-        "rollouts of a problem share one split, so no problem is in both, and a problem's split is the "
-        "same in `filtered` and `unique`."
-    )
-    parts.append(
-        "**Rows per stage.** The `filtered` dataset is the output of `judge`, split by problem; the "
-        "`unique` dataset is the output of `dedupe`, split by problem.\n\n" + _stages_table(summary)
+        "**Rows per stage.** The `filtered` dataset is the output of `judge`, split as above; the "
+        "`unique` dataset is the output of `dedupe`, split the same way.\n\n" + _stages_table(summary)
     )
     parts += _warnings(summary)
     if analysis is not None:
@@ -478,10 +476,79 @@ def _synthetic_body(summary: Mapping[str, Any]) -> list[str]:
         generator_line,
     ]
     if dedupe is not None:
-        parts.append(f"**Dedupe.** One prompt per problem (`problem_id`, a hash of the normalised module code): "
-                     f"{dedupe} repeated rows were collapsed before generation.")
+        parts += synthetic_families_paragraphs(summary)
     parts.append("**Rows per stage.**\n\n" + _stages_table(summary))
     return parts + _warnings(summary)
+
+
+def _near_dup_sentence(near_dup: Mapping[str, Any]) -> str:
+    """What the families stage did, in figures."""
+    return (
+        f"Near-duplicate modules were grouped into families: {near_dup.get('problems', 0)} problems in "
+        f"{near_dup.get('families', 0)} families; {near_dup.get('problems_in_shared_families', 0)} problems are in a "
+        f"family of more than one, and the largest family has {near_dup.get('largest_family', 0)}. Two modules are "
+        f"one family when the Jaccard similarity of their normalised forms (normalisation "
+        f"`{near_dup.get('normalization')}`: imports, docstrings, comments, the `get_inputs` harness and names "
+        "the module defines itself left out or made canonical, numbers made one token; see the project README) "
+        f"is at least {near_dup.get('threshold')}, found with MinHash and LSH and confirmed exactly; a family is "
+        "a connected group of such pairs."
+    )
+
+
+def families_paragraphs(summary: Mapping[str, Any]) -> list[str]:
+    """The split paragraph (by family, or by problem) and, when there were any, the
+    decontamination paragraph of a judged dataset's card."""
+    near_dup = summary.get("near_dup") or {}
+    seed, fraction = summary["seed"], summary["val_fraction"]
+    if near_dup.get("enabled"):
+        split = (
+            f"**Split.** Train/validation by near-duplicate family, not by row or problem. {_near_dup_sentence(near_dup)} "
+            "Each family is named by its smallest `problem_id` (`family_id`; a problem without near-duplicates is "
+            f"its own family), and goes to validation when SHA-256 of `\"{seed}:<family_id>\"` falls in the first "
+            f"{fraction:.0%} of the hash range, otherwise to train (so about that share of families, not exactly). "
+            "All rollouts of all problems of a family share one split, so no module has a near-copy on the other "
+            "side, and a family's split is the same in `filtered` and `unique`."
+        )
+    else:
+        split = (
+            f"**Split.** Train/validation by problem, not by row: each `problem_id` goes to validation when "
+            f"SHA-256 of `\"{seed}:<problem_id>\"` falls in the first {fraction:.0%} "
+            "of the hash range, otherwise to train (so about that share of problems, not exactly). All "
+            "rollouts of a problem share one split, so no problem is in both, and a problem's split is the "
+            "same in `filtered` and `unique`. Near-duplicate grouping was off (`--no-near-dup`): two problems "
+            "that differ only in names or comments can sit on both sides."
+        )
+    return [split, *_decontamination_paragraphs(summary)]
+
+
+def _decontamination_paragraphs(summary: Mapping[str, Any]) -> list[str]:
+    report = summary.get("decontamination") or {}
+    benchmarks = report.get("benchmarks") or []
+    if not benchmarks:
+        return []
+    rows = [[f"`{b['source']}`", b["items"], b["rows_removed"], b["problems_removed"]] for b in benchmarks]
+    return [
+        "**Decontamination.** Rows whose PyTorch module is a near-duplicate (same normalisation "
+        f"`{report.get('normalization')}`, similarity at least {report.get('threshold')}) of an item of these "
+        "evaluation benchmarks were removed before judging (reason `contaminated`); a row matching several "
+        "counts for the first.\n\n" + _table(["benchmark", "items", "rows removed", "problems removed"], rows)
+    ]
+
+
+def synthetic_families_paragraphs(summary: Mapping[str, Any]) -> list[str]:
+    """The dedupe paragraph of the synthetic dataset's card (per family or per problem)."""
+    near_dup = summary.get("near_dup") or {}
+    repeats = summary.get("duplicates_collapsed")
+    if near_dup.get("enabled"):
+        text = (
+            f"**Dedupe.** One prompt per near-duplicate family (`family_id`), the first module of the family in "
+            f"source order: {repeats} repeated rows and {summary.get('near_duplicates_collapsed', 0)} near-duplicates "
+            f"were collapsed before generation. {_near_dup_sentence(near_dup)}"
+        )
+    else:
+        text = (f"**Dedupe.** One prompt per problem (`problem_id`, a hash of the normalised module code): "
+                f"{repeats} repeated rows were collapsed before generation.")
+    return [text, *_decontamination_paragraphs(summary)]
 
 
 def _warnings(summary: Mapping[str, Any]) -> list[str]:

@@ -84,7 +84,7 @@ def path_like_reason(source: str) -> str | None:
     return None
 
 
-def classify_source(source: str) -> SourceKind:
+def classify_source(source: str, option: str = "--source") -> SourceKind:
     """``sample``, ``local`` (an existing file or folder) or ``hub`` (an ``owner/name`` id).
 
     Cheap and offline: it is checked before any work. A source that looks like a path (see
@@ -93,13 +93,13 @@ def classify_source(source: str) -> SourceKind:
     if source == "sample":
         return "sample"
     if not source.strip():
-        raise UserError("--source is empty; use --source sample, a local .parquet/.jsonl path, or a Hub id (owner/name)")
+        raise UserError(f"{option} is empty; use sample, a local .parquet/.jsonl path, or a Hub id (owner/name)")
     if Path(source).expanduser().exists():
         return "local"
     reason = path_like_reason(source)
     if reason is not None:
         raise SourceUnavailableError(
-            f"--source {source}: no such file or folder (read as a local path because {reason}; "
+            f"{option} {source}: no such file or folder (read as a local path because {reason}; "
             "a Hub dataset id is owner/name)"
         )
     if _HUB_ID.match(source):

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from kernelbook_lib import loading, settings
 from kernelbook_lib.errors import UserError
 from kernelbook_lib.loading import DEFAULT_SOURCE, SplitName
+from kernelbook_lib.neardup import DEFAULT_NEAR_DUP_THRESHOLD
 from kernelbook_lib.stages import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION, GroupBy
 
 #: The default source of ``generate-prompts`` (``kernelbook_lib.prompt_gen.DEFAULT_SOURCE``;
@@ -47,6 +48,13 @@ class _Params(BaseModel):
         loading.classify_source(value)
         return value
 
+    @field_validator("decontaminate", check_fields=False)
+    @classmethod
+    def _benchmarks_exist_or_are_hub_ids(cls, value: list[str] | None) -> list[str] | None:
+        for benchmark in value or []:
+            loading.classify_source(benchmark, "--decontaminate")  # a mistyped path: "no such file or folder" now
+        return value
+
     @field_validator("out", check_fields=False)
     @classmethod
     def _out_is_a_folder(cls, value: str) -> str:
@@ -64,10 +72,13 @@ class _CurateOptions(_Params):
     judge: Judge = Field("auto", description="llm: the LLM judge (needs PRIME_API_KEY); static: the offline AST heuristic; auto: llm when a key is configured, else static.")
     threshold: float = Field(DEFAULT_THRESHOLD, ge=0.0, le=1.0, description="Keep rows with reward strictly above this.")
     limit: int | None = Field(None, ge=1, description="Keep only the first N rows that pass the filter (test mode).")
-    seed: int = Field(DEFAULT_SEED, description="Seed of the problem-grouped train/validation split.")
-    val_fraction: float = Field(DEFAULT_VAL_FRACTION, gt=0.0, lt=1.0, description="Share of problems in validation.")
-    group_by: GroupBy = Field("problem_id", description="Dedupe key: problem_id (default) or module_name (the original's grouping).")
+    seed: int = Field(DEFAULT_SEED, description="Seed of the family-grouped train/validation split.")
+    val_fraction: float = Field(DEFAULT_VAL_FRACTION, gt=0.0, lt=1.0, description="Share of near-duplicate families (problems with --no-near-dup) in validation.")
+    group_by: GroupBy = Field("problem_id", description="Dedupe key: problem_id (default), family_id (one rollout per near-duplicate family) or module_name (the original's grouping).")
     out: str = Field("outputs", description="Output folder.")
+    near_dup: bool = Field(True, description="Group near-duplicate modules into families (MinHash over a normalised form of the code); False makes every problem its own family.")
+    near_dup_threshold: float = Field(DEFAULT_NEAR_DUP_THRESHOLD, gt=0.0, le=1.0, description="Similarity (Jaccard of the normalised modules' shingles) at which two modules are one family, or a row copies a benchmark item.")
+    decontaminate: list[str] | None = Field(None, description="Evaluation benchmarks (local file or folder, or Hub dataset id) whose items must not be copied: matching rows are removed as 'contaminated'.")
 
 
 class CurateParams(_CurateOptions):
@@ -106,6 +117,7 @@ class ReevaluateParams(_CurateOptions, RunnerParams):
     publish: bool = Field(False, description="Upload to the Hub at the end (needs HF_TOKEN).")
     private: bool = Field(True, description="Create private repos (default).")
     max_judge_failure_rate: float | None = Field(None, ge=0.0, le=1.0, description="None keeps curate's default.")
+    single_repo: str | None = Field(None, description="Publish filtered, unique and synthetic as configs of this one Hub dataset repo (OWNER/NAME).")
 
 
 class GenerateParams(_Params):
@@ -117,6 +129,9 @@ class GenerateParams(_Params):
     limit: int | None = Field(None, ge=1, description="Generate for the first N distinct problems only (test mode).")
     out: str = Field("outputs", description="Output folder (may be curate's: only the synthetic* outputs are written).")
     refresh: bool = Field(False, description="Ignore cached LLM replies and call again.")
+    near_dup: bool = Field(True, description="One specification per near-duplicate family (default); False: one per distinct problem.")
+    near_dup_threshold: float = Field(DEFAULT_NEAR_DUP_THRESHOLD, gt=0.0, le=1.0, description="Similarity at which two modules are one family, or a module copies a benchmark item.")
+    decontaminate: list[str] | None = Field(None, description="Evaluation benchmarks whose items must not be copied (removed as 'contaminated').")
 
 
 MODELS: dict[str, type[_Params]] = {

@@ -48,7 +48,7 @@ from kernelbook_lib.prompt_template import (
     parse_module,
     template_specification,
 )
-from kernelbook_lib.summary import format_llm, now_iso, check_chain
+from kernelbook_lib.summary import check_chain, format_decontamination, format_families, format_llm, now_iso
 from kernelbook_lib.text import problem_id
 
 DEFAULT_SOURCE = "GPUMODE/KernelBook"
@@ -66,7 +66,7 @@ LLM_GENERATOR = "llm"
 #: The name of the JSON schema sent with every request (the loopback test server keys on it).
 SPECIFICATION_SCHEMA_NAME = "specification"
 
-STAGES: tuple[str, ...] = ("load", "dedupe", "generate")
+STAGES: tuple[str, ...] = ("load", "families", "decontaminate", "dedupe", "generate")
 PROMPTS_FILE = "synthetic_prompts.jsonl"
 DATASET_DIR = "synthetic"
 DATA_FILE = "data/train-*.parquet"  # a glob: the shard's name carries its content fingerprint
@@ -78,6 +78,7 @@ REJECT_EMPTY_PYTHON_CODE = "empty_python_code"
 REJECT_EMPTY_MODULE_NAME = "empty_module_name"
 REJECT_INVALID_MODULE_NAME = "invalid_module_name"  # not a Python class name: `{name}New` would not be one
 REJECT_DUPLICATE = "duplicate_problem"
+REJECT_NEAR_DUPLICATE = "near_duplicate"  # another problem of the same near-duplicate family was kept
 REJECT_BEYOND_LIMIT = "beyond_limit"
 REJECT_TEMPLATE_INVALID = "template_invalid"  # the template's text failed validation (a bug)
 
@@ -87,13 +88,14 @@ PROMPT_SCHEMA: dict[str, pl.DataType] = {
     "module_name": pl.String(),
     "python_code": pl.String(),
     "problem_id": pl.String(),
+    "family_id": pl.String(),
     "generator": pl.String(),
     "generator_model": pl.String(),
     "generator_prompt_version": pl.String(),
     "generator_prompt_tokens": pl.Int64(),
     "generator_completion_tokens": pl.Int64(),
 }
-_GENERATED = [c for c in PROMPT_SCHEMA if c not in ("module_name", "python_code", "problem_id")]
+_GENERATED = [c for c in PROMPT_SCHEMA if c not in ("module_name", "python_code", "problem_id", "family_id")]
 #: One row per problem from a backend: the specification, or the reason it failed.
 SPEC_SCHEMA: dict[str, pl.DataType] = {
     schema.ROW: pl.Int64(),
@@ -260,17 +262,28 @@ def prepare(loaded: loading.LoadedSource) -> PreparedSource:
 # --- the dedupe stage ------------------------------------------------------------------------
 
 
-def dedupe_problems(frame: pl.DataFrame, limit: int | None = None) -> StageResult:
-    """One row per ``problem_id``: the first in source order. Later rows of the same problem
-    are recorded as ``duplicate_problem`` (detail: the kept row). With ``limit``, only the first
-    ``limit`` problems are kept; the others are recorded as ``beyond_limit``."""
+def dedupe_problems(frame: pl.DataFrame, limit: int | None = None, key: str = "problem_id") -> StageResult:
+    """One row per ``key`` (``problem_id``, or ``family_id`` for one specification per
+    near-duplicate family): the first in source order. A later row of the same problem is
+    recorded as ``duplicate_problem``, one of another problem of the same family as
+    ``near_duplicate`` (detail: the kept row). With ``limit``, only the first ``limit`` are kept;
+    the others are recorded as ``beyond_limit``."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive number of problems, not {limit}")
-    frame = frame.sort(schema.ROW).with_columns(pl.col(schema.ROW).min().over("problem_id").alias("_first"))
-    duplicates = frame.filter(pl.col(schema.ROW) != pl.col("_first"))
+    if key not in ("problem_id", "family_id"):
+        raise ValueError(f"key must be problem_id or family_id, not {key!r}")
+    frame = frame.sort(schema.ROW).with_columns(pl.col(schema.ROW).min().over(key).alias("_first"))
     kept = frame.filter(pl.col(schema.ROW) == pl.col("_first")).drop("_first")
-    rejected = _ledger(duplicates, "dedupe", REJECT_DUPLICATE,
-                       pl.format("same problem as source row {}", pl.col("_first")))
+    others = frame.filter(pl.col(schema.ROW) != pl.col("_first")).join(
+        kept.select(pl.col(schema.ROW).alias("_first"), pl.col("problem_id").alias("_kept_problem")), on="_first", how="left"
+    )
+    same_problem = pl.col("problem_id") == pl.col("_kept_problem")
+    rejected = _ledger(
+        others, "dedupe",
+        pl.when(same_problem).then(pl.lit(REJECT_DUPLICATE)).otherwise(pl.lit(REJECT_NEAR_DUPLICATE)),
+        pl.when(same_problem).then(pl.format("same problem as source row {}", pl.col("_first")))
+        .otherwise(pl.format("same near-duplicate family as source row {} (problem {})", pl.col("_first"), pl.col("_kept_problem"))),
+    )  # fmt: skip
     if limit is not None and kept.height > limit:
         beyond = kept.slice(limit)
         kept = kept.head(limit)
@@ -279,19 +292,23 @@ def dedupe_problems(frame: pl.DataFrame, limit: int | None = None) -> StageResul
 
 
 def calls_saved(dedupe: StageResult) -> int:
-    """Duplicate rows whose problem is generated: each would have cost a call of its own."""
-    duplicates = dedupe.rejected.filter(pl.col("reason") == REJECT_DUPLICATE)
-    kept = dedupe.frame.get_column("problem_id")
-    return duplicates.filter(pl.col("problem_id").is_in(kept.implode())).height
+    """Repeated rows (same problem, or same family) whose kept row is generated (not cut by
+    ``--limit``): each would have cost a call of its own. The detail names the kept row."""
+    repeats = dedupe.rejected.filter(pl.col("reason").is_in([REJECT_DUPLICATE, REJECT_NEAR_DUPLICATE]))
+    kept_row = repeats.get_column("detail").str.extract(r"source row (\d+)", 1).cast(pl.Int64)
+    return int(kept_row.is_in(dedupe.frame.get_column(schema.ROW).implode()).sum())
 
 
 def dedupe_summary(dedupe: StageResult, backend: str) -> dict[str, int]:
     """The summary's dedupe figures: distinct problems among the valid rows (before --limit),
-    duplicate rows collapsed, and the LLM calls that saved (0 for the template backend)."""
+    rows collapsed as repeats of a problem and as near-duplicates, and the LLM calls that saved
+    (0 for the template backend)."""
     reasons = dedupe.report.dropped
+    problems = pl.concat([dedupe.frame.select("problem_id"), dedupe.rejected.select("problem_id")])
     return {
-        "distinct_problems": dedupe.report.rows_out + reasons.get(REJECT_BEYOND_LIMIT, 0),
+        "distinct_problems": int(problems.get_column("problem_id").n_unique()),
         "duplicates_collapsed": reasons.get(REJECT_DUPLICATE, 0),
+        "near_duplicates_collapsed": reasons.get(REJECT_NEAR_DUPLICATE, 0),
         "calls_saved_by_dedupe": calls_saved(dedupe) if backend == LLM_GENERATOR else 0,
     }
 
@@ -694,7 +711,12 @@ class SyntheticSummary(BaseModel):
     generator_prompt_version: str | None = None
     distinct_problems: int = Field(ge=0)
     duplicates_collapsed: int = Field(ge=0)
+    near_duplicates_collapsed: int = Field(default=0, ge=0)
     calls_saved_by_dedupe: int = Field(ge=0)
+    #: The families stage (as in curate's run summary) and the decontaminate stage (None when
+    #: no benchmark was given).
+    near_dup: dict[str, Any] | None = None
+    decontamination: dict[str, Any] | None = None
     provenance_columns: list[str] = Field(default_factory=list)
     started_at: str
     finished_at: str
@@ -760,8 +782,14 @@ def format_summary(summary: SyntheticSummary) -> str:
         reasons = ", ".join(f"{reason} {count}" for reason, count in stage.dropped.items()) or "-"
         lines.append(f"{stage.name:<9} {stage.rows_in:>8} {stage.rows_out:>8} {sum(stage.dropped.values()):>8}  {reasons}")
     saved = f", {summary.calls_saved_by_dedupe} LLM calls saved" if summary.backend == LLM_GENERATOR else ""
+    near = (f" (and {summary.near_duplicates_collapsed} near-duplicates: one prompt per family)"
+            if summary.near_duplicates_collapsed else "")
     lines.append(f"dedupe: {summary.distinct_problems} distinct problems, {summary.duplicates_collapsed} duplicate rows "
-                 f"collapsed before generation{saved}")
+                 f"collapsed{near} before generation{saved}")
+    if summary.near_dup:
+        lines.append(format_families(summary.near_dup))
+    if summary.decontamination:
+        lines += format_decontamination(summary.decontamination)
     lines.append(f"synthetic: train {summary.datasets.get('synthetic', {}).get('train', 0)} "
                  f"(generator {summary.generator_model or summary.generator})")
     if summary.llm:

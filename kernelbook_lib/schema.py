@@ -80,6 +80,7 @@ INTERNAL_COLUMNS: tuple[str, ...] = (ROW, SOURCE_SPLIT, MODULE_NAME, PYTHON_CODE
 
 JUDGED_SCHEMA: dict[str, pl.DataType] = {
     "problem_id": pl.String(),
+    "family_id": pl.String(),  # the near-duplicate family: the smallest problem_id among its members
     "difficulty": pl.Int64(),
     "style": pl.Int64(),
     "judge": pl.String(),  # e.g. "static-ast-v1" or "llm"
@@ -91,7 +92,7 @@ JUDGED_SCHEMA: dict[str, pl.DataType] = {
     "score": pl.Float64(),  # reward * difficulty * style
 }
 
-# The verdict columns a judge produces (a subset of JUDGED_SCHEMA, everything but problem_id/score).
+# The verdict columns a judge produces (a subset of JUDGED_SCHEMA, everything but the ids and score).
 VERDICT_COLUMNS: tuple[str, ...] = (
     "difficulty",
     "style",
@@ -114,4 +115,4 @@ REJECTED_SCHEMA: dict[str, pl.DataType] = {
     "detail": pl.String(),
 }
 
-STAGES: tuple[str, ...] = ("load", "filter", "judge", "dedupe", "split")
+STAGES: tuple[str, ...] = ("load", "families", "filter", "decontaminate", "judge", "dedupe", "split")

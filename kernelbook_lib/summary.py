@@ -60,6 +60,13 @@ class RunSummary(BaseModel):
     finished_at: str
     stages: list[StageReport]
     datasets: dict[str, dict[str, int]] = Field(default_factory=dict)
+    #: The families stage: enabled, normalisation version, threshold, problems, families,
+    #: problems in a family of more than one, the largest family, pairs compared, and per
+    #: dataset (``by_dataset``) its problems and families.
+    near_dup: dict[str, Any] | None = None
+    #: The decontaminate stage: threshold, normalisation and per benchmark its items and the
+    #: rows and problems it removed (None when no benchmark was given).
+    decontamination: dict[str, Any] | None = None
     llm: dict[str, Any] | None = None
     warnings: list[str] = Field(default_factory=list)
 
@@ -70,15 +77,43 @@ class RunSummary(BaseModel):
 
 
 def format_table(summary: RunSummary) -> str:
-    """The stages as a short aligned table, then the dataset split counts."""
-    lines = [f"{'stage':<8} {'in':>8} {'out':>8} {'dropped':>8}  reasons"]
+    """The stages as a short aligned table, the families and decontamination lines, then the
+    dataset split counts."""
+    lines = [f"{'stage':<13} {'in':>8} {'out':>8} {'dropped':>8}  reasons"]
     for stage in summary.stages:
         lost = sum(stage.dropped.values())
         reasons = ", ".join(f"{reason} {count}" for reason, count in stage.dropped.items()) or "-"
-        lines.append(f"{stage.name:<8} {stage.rows_in:>8} {stage.rows_out:>8} {lost:>8}  {reasons}")
+        lines.append(f"{stage.name:<13} {stage.rows_in:>8} {stage.rows_out:>8} {lost:>8}  {reasons}")
+    if summary.near_dup:
+        lines.append(format_families(summary.near_dup))
+    if summary.decontamination:
+        lines += format_decontamination(summary.decontamination)
     for name, counts in summary.datasets.items():
-        lines.append(f"{name}: train {counts.get('train', 0)}, validation {counts.get('validation', 0)}")
+        families = ((summary.near_dup or {}).get("by_dataset") or {}).get(name) or {}
+        extra = f" ({families['families']} families)" if "families" in families else ""
+        lines.append(f"{name}: train {counts.get('train', 0)}, validation {counts.get('validation', 0)}{extra}")
     return "\n".join(lines)
+
+
+def format_families(near_dup: dict[str, Any]) -> str:
+    """One line about the near-duplicate families."""
+    if not near_dup.get("enabled"):
+        return f"families: off (--no-near-dup): {near_dup.get('problems', 0)} problems, each its own family"
+    return (
+        f"families: {near_dup.get('problems', 0)} problems in {near_dup.get('families', 0)} families; "
+        f"{near_dup.get('problems_in_shared_families', 0)} problems in a family of more than one, the largest "
+        f"has {near_dup.get('largest_family', 0)} (threshold {near_dup.get('threshold')}, "
+        f"{near_dup.get('normalization')}, {near_dup.get('pairs_compared', 0)} pairs compared)"
+    )
+
+
+def format_decontamination(report: dict[str, Any]) -> list[str]:
+    """One line per benchmark: its items and what it removed."""
+    return [
+        f"decontaminate: {b['source']}: {b['items']} items, removed {b['rows_removed']} rows "
+        f"({b['problems_removed']} problems)"
+        for b in report.get("benchmarks", [])
+    ]
 
 
 def format_llm(accounting: dict[str, Any]) -> str:

@@ -9,12 +9,14 @@ persist results. The one expensive, paid stage (LLM calls) is cached per call, b
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
-from kernelbook_lib import export, judging, loading, schema, stages
+from kernelbook_lib import decontam, export, judging, loading, schema, stages
 from kernelbook_lib.errors import RunFailedError, SourceUnavailableError
 from kernelbook_lib.ledger import StageResult
 from kernelbook_lib.progress import Progress
@@ -65,6 +67,52 @@ def validate_rows(loaded: loading.LoadedSource) -> StageResult:
     with stage_progress("load", loaded.frame.height) as progress:
         result = loading.prepare(loaded, progress)
     _log_stage(result)
+    return result
+
+
+@task(name="load-benchmarks", retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_if_network, **DATA_TASK)
+def load_benchmarks(sources: list[str]) -> list[decontam.Benchmark]:
+    """The benchmarks of ``--decontaminate``, read before anything else, so a wrong one fails
+    the run at once (one clear line) and not after the source is read."""
+    benchmarks = []
+    for source in sources:
+        bench = decontam.read_benchmark(source)
+        get_run_logger().info(
+            f"decontaminate: {bench.name}: {len(bench.codes)} items (code column {bench.code_column!r}"
+            + (f", {bench.rows_without_code} rows without code skipped" if bench.rows_without_code else "") + ")"
+        )
+        benchmarks.append(bench)
+    return benchmarks
+
+
+@task(name="families", **DATA_TASK)
+def group_families(frame: pl.DataFrame, near_dup: bool, threshold: float) -> stages.FamilyStage:
+    """Near-duplicate families over every valid row (before the filter, so a problem's family
+    never depends on --threshold or --limit). The normalisation uses every core (a process pool
+    inside the library), not the task runner: it is one pass over the distinct modules."""
+    logger = get_run_logger()
+    display = stage_progress("families", frame.get_column("problem_id").n_unique(), unit="modules") if near_dup else nullcontext()
+    with display as progress:
+        result = stages.assign_families(frame, near_dup, threshold, progress=progress, log=logger.info)
+    _log_stage(result.result)
+    nd = result.near_dup
+    if nd.get("enabled"):
+        logger.info(
+            f"families: {nd['problems']} problems in {nd['families']} families, {nd['problems_in_shared_families']} "
+            f"in a family of more than one (largest {nd['largest_family']}); {nd['pairs_compared']} pairs compared "
+            f"in {result.timings['wall_s']} s (threshold {threshold}, {nd['normalization']})"
+        )
+    else:
+        logger.info("families: --no-near-dup, every problem is its own family")
+    return result
+
+
+@task(name="decontaminate", **DATA_TASK)
+def decontaminate_rows(
+    frame: pl.DataFrame, benchmarks: list[decontam.Benchmark], threshold: float, forms: pl.DataFrame | None
+) -> decontam.DecontaminationResult:
+    result = decontam.decontaminate(frame, benchmarks, threshold, forms, progress=get_run_logger().info)
+    _log_stage(result.result)
     return result
 
 
@@ -179,11 +227,17 @@ def dedupe(frame: pl.DataFrame, group_by: str) -> StageResult:
 
 
 @task(name="split", **DATA_TASK)
-def split_by_problem(filtered: pl.DataFrame, unique: pl.DataFrame, seed: int, val_fraction: float) -> tuple[pl.DataFrame, StageResult]:
-    """Assign splits by problem to both datasets (the same problem, the same split)."""
+def split_by_family(
+    filtered: pl.DataFrame, unique: pl.DataFrame, seed: int, val_fraction: float
+) -> tuple[pl.DataFrame, StageResult, dict[str, dict[str, int]]]:
+    """Assign splits by family to both datasets (the same family, the same split; a family of
+    one is its problem), refuse a leak, and count each dataset's problems and families."""
     result = stages.split_stage(unique, seed, val_fraction)
     _log_stage(result)
-    return stages.assign_splits(filtered, seed, val_fraction), result
+    filtered_split = stages.assign_splits(filtered, seed, val_fraction)
+    stages.check_splits(filtered=filtered_split, unique=result.frame)
+    by_dataset = {"filtered": stages.family_counts(filtered_split), "unique": stages.family_counts(result.frame)}
+    return filtered_split, result, by_dataset
 
 
 @task(name="prepare-out", **DATA_TASK)

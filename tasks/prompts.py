@@ -12,13 +12,13 @@ from __future__ import annotations
 import polars as pl
 from prefect import get_run_logger, task
 
-from kernelbook_lib import prompt_gen
+from kernelbook_lib import decontam, prompt_gen, stages
 from kernelbook_lib.errors import RunFailedError, UserError
 from kernelbook_lib.ledger import StageResult
 from kernelbook_lib.llm import LLMRequest
 from kernelbook_lib.loading import LoadedSource, describe_source
 from kernelbook_lib.settings import load_settings
-from tasks.curate import DATA_TASK, _log_stage, _retry_if_network
+from tasks.curate import DATA_TASK, _log_stage, _retry_if_network, decontaminate_rows, group_families, load_benchmarks  # noqa: F401
 from tasks.llm import run_llm_requests
 
 #: Modules per template task run (~0.5 ms each): big enough that orchestration is noise, small
@@ -65,8 +65,9 @@ def validate_prompt_rows(loaded: LoadedSource) -> prompt_gen.PreparedSource:
 
 
 @task(name="dedupe-problems", **DATA_TASK)
-def dedupe_problems(frame: pl.DataFrame, limit: int | None) -> StageResult:
-    result = prompt_gen.dedupe_problems(frame, limit)
+def dedupe_problems(frame: pl.DataFrame, limit: int | None, near_dup: bool = False) -> StageResult:
+    """One row per near-duplicate family (``near_dup``) or per problem, before any call."""
+    result = prompt_gen.dedupe_problems(frame, limit, "family_id" if near_dup else "problem_id")
     _log_stage(result)
     return result
 

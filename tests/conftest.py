@@ -22,6 +22,10 @@ for _name in list(os.environ):
         del os.environ[_name]
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing reaches the Hub at test time
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# A cache of our own: ``datasets`` keys a local folder's cache by its name and file pattern, so a
+# dataset another run (or another checkout) loaded from a folder called ``filtered`` comes back
+# with that run's columns.
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_SESSION_HOME, "hf-datasets")
 
 # Prefect's console log handler binds ``sys.stderr`` when logging is configured; under pytest
 # and CliRunner that is a capture stream closed after each test or invoke. It gets a duplicate

@@ -81,7 +81,7 @@ def test_failed_judgements_are_recorded_and_fail_the_run_after_writing(server, t
     assert "could not be judged" in result.output and "Traceback" not in result.output
     out = tmp_path / "out"
     summary = json.loads((out / "run_summary.json").read_text())
-    judge = summary["stages"][2]
+    judge = {stage["name"]: stage for stage in summary["stages"]}["judge"]
     assert judge["dropped"] == {"judge_failed:bad_request": 2, "judge_invalid_reply": 2}
     assert judge["rows_in"] == judge["rows_out"] + 4
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]

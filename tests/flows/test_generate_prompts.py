@@ -38,7 +38,9 @@ def module(name: str, k: int, fault: str | None = None) -> str:
 
 def kernelbook_source(tmp_path: Path, faults: dict[int, str] | None = None) -> Path:
     """Six problems in the KernelBook schema; problems 0 and 1 appear twice (same code, another
-    uuid), plus one row with empty code: 9 rows. ``faults`` puts a server fault into a problem."""
+    uuid), plus one row with empty code: 9 rows. ``faults`` puts a server fault into a problem.
+    The six modules differ only in a constant, so they are one near-duplicate family: the tests
+    of the LLM machinery below run with ``near_dup=False`` (one prompt per problem)."""
     faults = faults or {}
     order = [0, 1, 2, 0, 3, 4, 1, 5]
     rows = [{"module_name": f"M{p}", "python_code": module(f"M{p}", p, faults.get(p)), "uuid": 100 + i,
@@ -61,7 +63,7 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_llm_backend_makes_one_call_per_problem_and_a_rerun_makes_none(server, tmp_path):
     src = kernelbook_source(tmp_path)
     out = tmp_path / "out"
-    summary = generate_prompts(source=str(src), backend="llm", out=str(out))
+    summary = generate_prompts(source=str(src), backend="llm", out=str(out), near_dup=False)
     stats = server.stats()
     assert stats["calls_total"] == 6  # six distinct problems; the two repeats were never sent
     assert sorted(stats["calls_by_hash"].values()) == [1] * 6
@@ -69,7 +71,7 @@ def test_llm_backend_makes_one_call_per_problem_and_a_rerun_makes_none(server, t
     assert summary["distinct_problems"] == 6 and summary["llm"]["calls_made"] == 6
     assert summary["generator"] == "llm" and summary["generator_model"] == "openai/gpt-5.2"
     assert [(s["name"], s["rows_in"], s["rows_out"]) for s in summary["stages"]] == [
-        ("load", 9, 8), ("dedupe", 8, 6), ("generate", 6, 6)]
+        ("load", 9, 8), ("families", 8, 8), ("decontaminate", 8, 8), ("dedupe", 8, 6), ("generate", 6, 6)]
 
     rows = read_jsonl(out / prompt_gen.PROMPTS_FILE)
     assert [r["module_name"] for r in rows] == [f"M{p}" for p in (0, 1, 2, 3, 4, 5)]
@@ -85,12 +87,12 @@ def test_llm_backend_makes_one_call_per_problem_and_a_rerun_makes_none(server, t
         (3, "duplicate_problem"), (6, "duplicate_problem"), (8, "empty_python_code")]
 
     # Same job again: every answer comes from the cache, the outputs are the same.
-    again = generate_prompts(source=str(src), backend="llm", out=str(tmp_path / "out2"))
+    again = generate_prompts(source=str(src), backend="llm", out=str(tmp_path / "out2"), near_dup=False)
     assert server.stats()["calls_total"] == 6
     assert again["llm"]["calls_made"] == 0 and again["llm"]["cache_hits"] == 6
     assert read_jsonl(tmp_path / "out2" / prompt_gen.PROMPTS_FILE) == rows
     # --refresh pays again.
-    generate_prompts(source=str(src), backend="llm", out=str(tmp_path / "out3"), refresh=True, limit=2)
+    generate_prompts(source=str(src), backend="llm", out=str(tmp_path / "out3"), refresh=True, limit=2, near_dup=False)
     assert server.stats()["calls_total"] == 8
     for path in [*(tmp_path / "cache").rglob("*"), *out.rglob("*")]:
         if path.is_file():
@@ -103,12 +105,12 @@ def test_invalid_replies_are_retried_then_recorded_with_their_reason(server, tmp
     faults = {2: "unnamed*1", 3: "echo", 4: "tags", 5: "400"}
     src = kernelbook_source(tmp_path, faults)
     out = tmp_path / "out"
-    summary = generate_prompts(source=str(src), backend="llm", out=str(out))
+    summary = generate_prompts(source=str(src), backend="llm", out=str(out), near_dup=False)
     calls = server.stats()["calls_by_hash"]
     assert calls[prompt_of("M2", module("M2", 2, faults[2]))] == 2  # retried once, then valid
     assert calls[prompt_of("M3", module("M3", 3, faults[3]))] == 2  # LLM_RETRIES=1: two attempts
     assert calls[prompt_of("M5", module("M5", 5, faults[5]))] == 1  # a 400 is not retried
-    generate = summary["stages"][2]
+    generate = summary["stages"][-1]
     assert generate["rows_in"] == 6 and generate["rows_out"] == 4
     assert generate["dropped"] == {"generate_failed:bad_request": 1, "generate_invalid_reply": 1}
     assert summary["llm"]["failures_by_kind"] == {"bad_request": 1, "invalid_reply": 1}
@@ -124,7 +126,7 @@ def test_eval_rollouts_are_read_from_info_and_sent_once_per_problem(server, tmp_
     rows = [fake_data.row(i, name=f"E{i // 3}", k=i // 3) for i in range(12)]  # 4 problems x 3 rollouts
     src = tmp_path / "evals.parquet"
     fake_data.write_rows(rows, src)
-    summary = generate_prompts(source=str(src), backend="llm", out=str(tmp_path / "out"))
+    summary = generate_prompts(source=str(src), backend="llm", out=str(tmp_path / "out"), near_dup=False)
     assert summary["input_schema"] == "eval" and server.stats()["calls_total"] == 4
     assert summary["calls_saved_by_dedupe"] == 8
     written = read_jsonl(tmp_path / "out" / prompt_gen.PROMPTS_FILE)
@@ -140,7 +142,8 @@ def test_template_backend_is_offline_and_deterministic_and_leaves_curate_outputs
     first = generate_prompts(source="sample", out=str(out))  # no key configured: auto -> template
     assert "using the offline template backend" in caplog.text
     assert first["backend"] == "template" and first["generator"] == "template-ast-v2" and first["llm"] is None
-    assert first["stages"][2] == {"name": "generate", "rows_in": 44, "rows_out": 44, "dropped": {}}
+    dedupe, generate = first["stages"][-2:]
+    assert generate == {"name": "generate", "rows_in": dedupe["rows_out"], "rows_out": dedupe["rows_out"], "dropped": {}}
     data = (out / prompt_gen.PROMPTS_FILE).read_bytes()
     parquet = pl.read_parquet(out / "synthetic" / prompt_gen.DATA_FILE)
     second = generate_prompts(source="sample", backend="template", out=str(tmp_path / "again"))
@@ -167,7 +170,7 @@ def test_a_run_without_any_specification_fails_after_writing(server, tmp_path):
     with pytest.raises(RunFailedError, match="no specification could be generated"):
         generate_prompts(source=str(src), backend="llm", out=str(tmp_path / "out"))
     summary = json.loads((tmp_path / "out" / prompt_gen.SUMMARY_FILE).read_text())
-    assert summary["stages"][2]["dropped"] == {"generate_failed:not_found": 1}
+    assert summary["stages"][-1]["dropped"] == {"generate_failed:not_found": 1}
 
 
 # --- the command line ---------------------------------------------------------------------------

@@ -46,6 +46,7 @@ def judged_frame(problems: list[int], rollouts: int = 2) -> pl.DataFrame:
     judged = pl.DataFrame(
         {
             "problem_id": [problem_id(r["info"]["python_code"]) for r in rows],
+            "family_id": [problem_id(r["info"]["python_code"]) for r in rows],
             "difficulty": [3] * n,
             "style": [5] * n,
             "judge": ["static-ast-v1"] * n,
@@ -71,7 +72,9 @@ def run_summary(datasets: dict[str, dict[str, int]], **overrides) -> dict:
         started_at="2025-01-01T00:00:00+00:00", finished_at="2025-01-01T00:01:00+00:00",
         stages=[
             {"name": "load", "rows_in": n_filtered + 5, "rows_out": n_filtered + 2, "dropped": {"missing_answer": 3}},
+            {"name": "families", "rows_in": n_filtered + 2, "rows_out": n_filtered + 2, "dropped": {}},
             {"name": "filter", "rows_in": n_filtered + 2, "rows_out": n_filtered, "dropped": {"reward_not_above_threshold": 2}},
+            {"name": "decontaminate", "rows_in": n_filtered, "rows_out": n_filtered, "dropped": {}},
             {"name": "judge", "rows_in": n_filtered, "rows_out": n_filtered, "dropped": {}},
             {"name": "dedupe", "rows_in": n_filtered, "rows_out": n_unique, "dropped": {"lower_score_than_best_of_problem_id": n_filtered - n_unique}},
             {"name": "split", "rows_in": n_unique, "rows_out": n_unique, "dropped": {}},

@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from kernelbook_lib import hub, llm, loading, prompt_gen
+from kernelbook_lib import decontam, hub, llm, loading, prompt_gen, stages
 from kernelbook_lib.errors import SchemaError
 from kernelbook_lib.prompt_gen import InvalidSpecification
 from kernelbook_lib.prompt_template import TEMPLATE_GENERATOR, analyze, template_specification
@@ -106,7 +106,7 @@ def test_the_bundled_sample_is_the_kernelbook_schema_with_its_planted_defects():
     dedupe = prompt_gen.dedupe_problems(frame)
     assert dedupe.report.dropped == {"duplicate_problem": repeats} and dedupe.report.rows_out == distinct
     assert prompt_gen.dedupe_summary(dedupe, "llm") == {
-        "distinct_problems": distinct, "duplicates_collapsed": repeats, "calls_saved_by_dedupe": repeats,
+        "distinct_problems": distinct, "duplicates_collapsed": repeats, "near_duplicates_collapsed": 0, "calls_saved_by_dedupe": repeats,
     }
     assert prompt_gen.dedupe_summary(dedupe, "template")["calls_saved_by_dedupe"] == 0
 
@@ -348,17 +348,23 @@ def test_llm_outcomes_become_rows_or_ledger_reasons():
 
 
 def run_template(frame: pl.DataFrame, out: Path) -> prompt_gen.SyntheticSummary:
+    """The flow's stages by hand, one prompt per problem (--no-near-dup: the modules here differ
+    only in a constant, which makes them one near-duplicate family)."""
     prep = prepared(frame)
-    dedupe = prompt_gen.dedupe_problems(prep.result.frame)
+    families = stages.assign_families(prep.result.frame, near_dup=False)
+    clean = decontam.decontaminate(families.result.frame, [])
+    dedupe = prompt_gen.dedupe_problems(clean.result.frame)
     generated = prompt_gen.apply_specs(dedupe.frame, prompt_gen.template_spec_rows(dedupe.frame))
     prompt_gen.prepare_out(out)
     fields = dict(
         source="test", split="train", limit=None, input_schema=prep.input_schema, backend="template",
         generator=TEMPLATE_GENERATOR, generator_model=None, generator_prompt_version=TEMPLATE_GENERATOR,
         **prompt_gen.dedupe_summary(dedupe, "template"), provenance_columns=list(prep.provenance),
-        started_at="2026-01-01T00:00:00+00:00", stages=[r.report for r in (prep.result, dedupe, generated)],
+        started_at="2026-01-01T00:00:00+00:00",
+        stages=[r.report for r in (prep.result, families.result, clean.result, dedupe, generated)],
+        near_dup=families.near_dup,
     )
-    ledger = pl.concat([r.rejected for r in (prep.result, dedupe, generated)])
+    ledger = pl.concat([r.rejected for r in (prep.result, clean.result, dedupe, generated)])
     return prompt_gen.write_outputs(out, fields, generated.frame, ledger)
 
 
@@ -380,7 +386,7 @@ def test_outputs_hold_every_problem_with_the_source_code_unchanged_and_leave_cur
     assert sorted((r["source_index"], r["reason"]) for r in rejected) == [(2, "duplicate_problem"), (3, "empty_python_code")]
     written = json.loads((out / prompt_gen.SUMMARY_FILE).read_text())
     assert written["datasets"] == {"synthetic": {"train": 2}} and written["duplicates_collapsed"] == 1
-    assert [s["name"] for s in written["stages"]] == ["load", "dedupe", "generate"]
+    assert [s["name"] for s in written["stages"]] == ["load", "families", "decontaminate", "dedupe", "generate"]
     assert summary.finished_at == written["finished_at"]
     card = (out / "synthetic" / "README.md").read_text()
     assert card.startswith("---") and "| train | 2 |" in card
@@ -393,7 +399,7 @@ def test_a_summary_whose_stages_do_not_chain_is_refused(tmp_path: Path):
     frame = kernelbook_frame([("A", module("A", 1))])
     summary = run_template(frame, tmp_path / "out")
     data = summary.model_dump()
-    data["stages"][1]["rows_in"] += 1
-    data["stages"][1]["dropped"] = {"duplicate_problem": 1}
+    data["stages"][3]["rows_in"] += 1
+    data["stages"][3]["dropped"] = {"duplicate_problem": 1}
     with pytest.raises(ValueError, match="stage dedupe got"):
         prompt_gen.SyntheticSummary.model_validate(data)
