@@ -44,7 +44,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import uuid
 from collections import Counter, deque
@@ -58,7 +57,6 @@ import tasks  # noqa: F401  (Prefect environment defaults, before prefect)
 
 from prefect import get_run_logger, task
 from prefect.logging import get_logger
-from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
@@ -79,6 +77,7 @@ import openai  # noqa: F401  (imported here, at flow import, not in the first ta
 from kernelbook_lib import llm
 from kernelbook_lib.llm import Failure, LLMAuthError, LLMOutcome, LLMRequest
 from kernelbook_lib.settings import Settings, load_settings
+from tasks.prefect_internals import AtomicLocalFileSystem
 
 _module_logger = get_logger("kernelbook.llm")
 
@@ -102,49 +101,6 @@ PROGRESS_EVERY_S = 5.0
 
 
 # --- the cache: Prefect's ResultStore on the cache directory ---------------------------------
-
-
-class AtomicLocalFileSystem(LocalFileSystem):
-    """Prefect's LocalFileSystem, but a write is atomic: a temporary file in the same
-    directory, then ``os.replace``. A killed run leaves the old record or the new one, never
-    half of one (a truncated record would be a cache miss anyway, see ``_read_cached``)."""
-
-    _block_type_slug = "kernelbook-atomic-local-file-system"
-
-    def _resolve_path(self, path: str) -> Path:
-        """As LocalFileSystem's (paths outside the base path are refused), but with string
-        operations and the base path resolved once: Prefect calls this four times per write."""
-        base = self.__dict__.get("_resolved_base")
-        if base is None:
-            base = str(Path(self.basepath).expanduser().resolve() if self.basepath else Path(".").resolve())
-            self.__dict__["_resolved_base"] = base
-        if not path:
-            return Path(base)
-        candidate = os.path.normpath(os.path.join(base, os.path.expanduser(str(path))))
-        if candidate != base and not candidate.startswith(base + os.sep):
-            raise ValueError(f"Provided path {candidate} is outside of the base path {base}.")
-        return Path(candidate)
-
-    def _atomic_write(self, path: str, content: bytes) -> str:
-        target = self._resolve_path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(content)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return str(target)
-
-    async def awrite_path(self, path: str, content: bytes) -> str:
-        return self._atomic_write(path, content)
-
-    @async_dispatch(awrite_path)
-    def write_path(self, path: str, content: bytes) -> str:
-        return self._atomic_write(path, content)
 
 
 def llm_cache_dir(settings: Settings) -> Path:
