@@ -78,6 +78,7 @@ from kernelbook_lib import llm
 from kernelbook_lib.llm import Failure, LLMAuthError, LLMOutcome, LLMRequest
 from kernelbook_lib.settings import Settings, load_settings
 from tasks.prefect_internals import AtomicLocalFileSystem
+from tasks.runtime import on_temporary_server
 
 _module_logger = get_logger("kernelbook.llm")
 
@@ -128,7 +129,7 @@ async def ensure_concurrency_limit(name: str, wanted: int, logger: Any) -> int:
     use. Missing: created with ``wanted``. Present with another value: on the ephemeral local
     server (no PREFECT_API_URL) the limit is ours and is updated; on a Prefect server an
     operator set it, so the server's value is used (and the log says so)."""
-    ephemeral = not get_current_settings().api.url
+    ephemeral = on_temporary_server()
     async with get_client() as client:
         try:
             limit = await client.read_global_concurrency_limit_by_name(name)
@@ -176,7 +177,7 @@ class LeaseLedger:
 
     @staticmethod
     def directory_for(limit_name: str) -> Path:
-        api_url = get_current_settings().api.url or "ephemeral"
+        api_url = "ephemeral" if on_temporary_server() else get_current_settings().api.url
         backend = hashlib.sha256(api_url.encode()).hexdigest()[:12]
         return Path(get_current_settings().home) / "kernelbook-llm-leases" / backend / limit_name
 
@@ -257,7 +258,7 @@ async def reclaim_dead_runs_slots(limit_name: str, logger: Any) -> None:
                     await client.release_concurrency_slots_with_lease(uuid.UUID(lease_id))
         after = (await client.read_global_concurrency_limit_by_name(limit_name)).active_slots
         leaked = min(stale - max(0, before - after), after)
-        if leaked > 0 and not get_current_settings().api.url:
+        if leaked > 0 and on_temporary_server():
             await client.release_concurrency_slots(names=[limit_name], slots=leaked, occupancy_seconds=1.0)
     pids = ", ".join(str(record["pid"]) for _, record in dead)
     logger.warning(

@@ -13,7 +13,9 @@ inside functions; ``AtomicLocalFileSystem`` is made on first access.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
+import sqlite3
 import tempfile
 import threading
 from collections.abc import Callable
@@ -105,6 +107,56 @@ def atomic_local_file_system() -> type:
 
     AtomicLocalFileSystem.__qualname__ = "AtomicLocalFileSystem"  # picklable as a module attribute
     return AtomicLocalFileSystem
+
+
+# --- 4. A new PREFECT_HOME's database from a template ------------------------------------------
+# Relies on: Prefect's default database being SQLite at PREFECT_HOME/prefect.db, and on the
+# template being exactly what the installed version's migrations make (one template per Prefect
+# version, written by scripts/prefect_db_template.py; tests/tasks/test_runtime.py compares it
+# with Prefect's own migrations). Prefect migrates a new database at its first start: 115 Alembic
+# migrations, about 12 s of CPU, the largest part of a first run.
+
+#: Where the templates are (``prefect-<version>.sql``).
+TEMPLATE_DIR = Path(__file__).with_name("prefect_db")
+#: Settings that move Prefect's database away from PREFECT_HOME/prefect.db.
+_DATABASE_SETTINGS = ("CONNECTION_URL", "DRIVER", "NAME", "HOST")
+
+
+def template_path(version: str | None = None) -> Path:
+    """The database template for Prefect ``version`` (default: the installed one)."""
+    return TEMPLATE_DIR / f"prefect-{version or importlib.metadata.version('prefect')}.sql"
+
+
+def database_dump(db: Path) -> str:
+    """An SQLite database as SQL (schema and rows)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return "\n".join(conn.iterdump()) + "\n"
+
+
+def seed_prefect_database(home: Path) -> bool:
+    """Create ``home/prefect.db`` from the template of the installed Prefect version, if the
+    database does not exist yet, the environment does not move it elsewhere, and there is a
+    template for this version; otherwise do nothing (Prefect migrates as usual). True if done."""
+    for prefix in ("PREFECT_SERVER_DATABASE_", "PREFECT_API_DATABASE_"):
+        if any(os.environ.get(prefix + name) for name in _DATABASE_SETTINGS):
+            return False
+    db = home / "prefect.db"
+    template = template_path()
+    if db.exists() or not template.is_file():
+        return False
+    home.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".prefect.db.", suffix=".tmp", dir=home)
+    os.close(fd)
+    try:
+        with contextlib.closing(sqlite3.connect(tmp)) as conn:
+            conn.executescript(template.read_text())
+        try:
+            os.link(tmp, db)  # atomic, and only if no other process created it meanwhile
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(tmp)
 
 
 def __getattr__(name: str) -> Any:
