@@ -24,8 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +35,8 @@ ORPHAN_EXIT_S = 10.0
 
 def healthy(api_url: str, timeout: float = 1.0) -> bool:
     """Whether a Prefect API answers ``GET /health`` with 200 at ``api_url``."""
+    import urllib.request  # here: this module is imported at every CLI start
+
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:
             return response.status == 200

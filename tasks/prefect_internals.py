@@ -13,9 +13,7 @@ inside functions; ``AtomicLocalFileSystem`` is made on first access.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import os
-import sqlite3
 import tempfile
 import threading
 from collections.abc import Callable
@@ -124,11 +122,15 @@ _DATABASE_SETTINGS = ("CONNECTION_URL", "DRIVER", "NAME", "HOST")
 
 def template_path(version: str | None = None) -> Path:
     """The database template for Prefect ``version`` (default: the installed one)."""
+    import importlib.metadata
+
     return TEMPLATE_DIR / f"prefect-{version or importlib.metadata.version('prefect')}.sql"
 
 
 def database_dump(db: Path) -> str:
     """An SQLite database as SQL (schema and rows)."""
+    import sqlite3
+
     with contextlib.closing(sqlite3.connect(db)) as conn:
         return "\n".join(conn.iterdump()) + "\n"
 
@@ -141,10 +143,14 @@ def seed_prefect_database(home: Path) -> bool:
         if any(os.environ.get(prefix + name) for name in _DATABASE_SETTINGS):
             return False
     db = home / "prefect.db"
+    if db.exists():
+        return False
     template = template_path()
-    if db.exists() or not template.is_file():
+    if not template.is_file():
         return False
     home.mkdir(parents=True, exist_ok=True)
+    import sqlite3
+
     fd, tmp = tempfile.mkstemp(prefix=".prefect.db.", suffix=".tmp", dir=home)
     os.close(fd)
     try:

@@ -50,6 +50,7 @@ import warnings
 from datetime import UTC, datetime
 from typing import Any
 
+from kernelbook_lib.errors import UserError
 from tasks import prefect_internals
 from tasks.local_server import LocalServer, TemporaryServer, prefect_home
 
@@ -434,7 +435,10 @@ class CliSession:
             "(`kernelbook server start` keeps one running, with the UI)"
         )
         timeout = float(get_current_settings().server.ephemeral.startup_timeout_seconds)
-        self.temporary.wait_ready(timeout)
+        try:
+            self.temporary.wait_ready(timeout)
+        except RuntimeError as exc:  # one clear line, not a traceback
+            raise UserError(str(exc), exit_code=1) from None
         self._marks["ready"] = time.time()
 
     def _set_env(self, key: str, value: str) -> None:
