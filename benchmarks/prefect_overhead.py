@@ -14,10 +14,14 @@ process it started, split into phases:
 Cases: the first run on a new PREFECT_HOME, a warm run on the same home, and (when the code has
 it) a run while ``kernelbook server start`` runs. Phases come from the command's own report
 (``KERNELBOOK_TIMINGS=1``) or, for code without it, from the timestamps of Prefect's log lines.
+``--fresh-clone REF`` instead measures what a new user does: ``git clone`` (of this repository,
+at REF), then ``uv run kernelbook curate --source sample`` twice; the first run includes making
+the clone's virtual environment, without compiled modules (``uv``'s default).
 
     uv run python benchmarks/prefect_overhead.py                   # this checkout
     uv run python benchmarks/prefect_overhead.py --root OLD_CHECKOUT  # another checkout, same venv
     uv run python benchmarks/prefect_overhead.py --python OTHER_VENV/bin/python
+    uv run python benchmarks/prefect_overhead.py --fresh-clone HEAD   # or any commit
 
 Wall times depend on the machine's load (printed before and after each case); CPU times much
 less so. Nothing is asserted; ERROR lines and tracebacks in the output are reported.
@@ -99,12 +103,16 @@ def _phases_from_log(output: str, started: float, ended: float) -> dict[str, flo
     }
 
 
-def run_curate(python: str, root: Path, home: Path, out: Path) -> dict:
+def run_curate(python: str, root: Path, home: Path, out: Path, *, uv: bool = False) -> dict:
     env = _env(root, home)
+    command = ["uv", "run", "kernelbook"] if uv else [python, "-m", "kernelbook_cli"]
+    if uv:
+        env.pop("PYTHONPATH")
+        env.pop("VIRTUAL_ENV", None)  # the clone's own environment
     cpu_before, started = _children_cpu(), time.time()
     proc = subprocess.run(
-        [python, "-m", "kernelbook_cli", "curate", "--source", "sample", "--judge", "static", "--out", str(out)],
-        cwd=root, env=env, capture_output=True, text=True, timeout=900, check=False,
+        [*command, "curate", "--source", "sample", "--judge", "static", "--out", str(out)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=1800, check=False,
     )
     ended = time.time()
     output = proc.stdout + proc.stderr
@@ -170,13 +178,33 @@ def with_local_server(python: str, root: Path) -> tuple[float, dict]:
                        capture_output=True, timeout=120)
 
 
+def fresh_clone(ref: str) -> None:
+    """`git clone` at ``ref``, then `uv run kernelbook curate --source sample` twice."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", ref], capture_output=True, text=True, check=True).stdout.strip()
+    clone = _temp_dir("bench-clone-") / "clone"
+    subprocess.run(["git", "clone", "-q", "--no-checkout", str(ROOT), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", commit], check=True)
+    print(f"fresh clone of {ref} ({commit[:7]}) in {clone}")
+    print("command: uv run kernelbook curate --source sample --judge static (seconds; cpu = every process, uv's included)")
+    home, out = _temp_dir("bench-prefect-home-"), _temp_dir("bench-out-") / "out"
+    print(f"[load {_load()}]")
+    _print_row("first run: new .venv, new PREFECT_HOME", run_curate("", clone, home, out, uv=True))
+    print(f"[load {_load()}]")
+    _print_row("warm run, same PREFECT_HOME", run_curate("", clone, home, out, uv=True))
+    print(f"[load {_load()}]")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=ROOT, help="checkout to measure (default: this one)")
     parser.add_argument("--python", default=sys.executable, help="interpreter (venv) to run it with")
     parser.add_argument("--warm-runs", type=int, default=2, help="warm runs after the first")
     parser.add_argument("--no-server", action="store_true", help="skip the `kernelbook server` case")
+    parser.add_argument("--fresh-clone", metavar="REF", help="measure a new clone of this repository at REF instead")
     args = parser.parse_args()
+    if args.fresh_clone:
+        fresh_clone(args.fresh_clone)
+        return
     root = args.root.resolve()
 
     print(f"checkout {root}, python {args.python}, {os.cpu_count()} cores")
