@@ -1,88 +1,54 @@
-"""Fixed overhead of a local Prefect run (what a trivial flow costs before any real work).
+"""Where the time of `kernelbook curate --source sample` goes: imports, Prefect server, flow, shutdown.
 
-Prints, in seconds:
-  * ``import prefect`` in a fresh interpreter (median of 3);
-  * the first run on a fresh PREFECT_HOME (temporary server start incl. database migrations,
-    flow run, orderly shutdown) and a warm run on the same PREFECT_HOME;
-  * the same flow against an already running ``prefect server start`` on a free 127.0.0.1
-    port (its own temp PREFECT_HOME; started here, stopped at the end);
-and whether any ERROR line or Traceback appeared in each output.
+Runs the real command (``python -m kernelbook_cli curate --source sample --judge static``) in a
+subprocess and prints, for each case, the wall time and the CPU time of the command and every
+process it started, split into phases:
 
-Every run uses the environment defaults of ``tasks.runtime`` (as ``import tasks`` does);
-``--baseline`` adds a first run without them (Prefect's own defaults) for comparison.
+* ``imports``: process start until the first flow is about to run;
+* ``server``: the Prefect server's start: from its start to when it answered, and how much of
+  that the run waited for (a server started before the imports overlaps them);
+* ``flow``: the flows themselves (curate, then its analysis subflow);
+* ``shutdown``: from the end of the flows to the end of the process (waiting for the server to
+  record every task run, stopping it).
 
-    uv run python benchmarks/prefect_overhead.py [--baseline]
+Cases: the first run on a new PREFECT_HOME, a warm run on the same home, and (when the code has
+it) a run while ``kernelbook server start`` runs. Phases come from the command's own report
+(``KERNELBOOK_TIMINGS=1``) or, for code without it, from the timestamps of Prefect's log lines.
+``--fresh-clone REF`` instead measures what a new user does: ``git clone`` (of this repository,
+at REF), then ``uv run kernelbook curate --source sample`` twice; the first run includes making
+the clone's virtual environment, without compiled modules (``uv``'s default).
 
-Timings depend on machine load: the 1-minute load average is printed with the figures.
+    uv run python benchmarks/prefect_overhead.py                   # this checkout
+    uv run python benchmarks/prefect_overhead.py --root OLD_CHECKOUT  # another checkout, same venv
+    uv run python benchmarks/prefect_overhead.py --python OTHER_VENV/bin/python
+    uv run python benchmarks/prefect_overhead.py --fresh-clone HEAD   # or any commit
+
+Wall times depend on the machine's load (printed before and after each case); CPU times much
+less so. Nothing is asserted; ERROR lines and tracebacks in the output are reported.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import re
+import resource
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
-import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-#: Every temporary PREFECT_HOME made here; removed at the end.
 _TEMP_DIRS: list[Path] = []
-
-from tasks.runtime import PREFECT_ENV_DEFAULTS  # (does not import prefect)
-
-# The child: import, start the temporary server explicitly (counting the import of its module) (exactly what Prefect's get_client
-# does when no PREFECT_API_URL is set), run a 3-task flow, and report wall-clock marks; the
-# parent measures the shutdown as the time from the flow's end to the process's exit.
-CHILD = textwrap.dedent(
-    """
-    import json, os, sys, time
-    t0 = time.time()
-    if os.environ.get("BENCH_CONFIGURE") == "1":
-        import tasks  # the project's Prefect defaults and orderly shutdown
-    from prefect import flow, task
-    from prefect.settings import get_current_settings
-    t1 = time.time()
-
-    @task
-    def add(a, b):
-        return a + b
-
-    @task
-    def double(x):
-        return 2 * x
-
-    @flow
-    def trivial(x: int) -> int:
-        return add(double(x), double(x + 1))
-
-    t2 = t3 = None
-    if not get_current_settings().api.url:
-        t2 = time.time()  # the server module's import is part of the cost (get_client does it)
-        from prefect.server.api.server import SubprocessASGIServer
-        SubprocessASGIServer().start()
-        t3 = time.time()
-    t4 = time.time()
-    result = trivial(1)
-    t5 = time.time()
-    print("BENCH " + json.dumps({
-        "result": result,
-        "import": t1 - t0,
-        "server_start": None if t2 is None else t3 - t2,
-        "flow_run": t5 - t4,
-        "flow_end_wall": t5,
-    }), flush=True)
-    """
+_TIMINGS = re.compile(
+    r"timings \(s\): imports (?P<imports>[\d.-]+); server spawn->ready (?P<server>[\d.-]+), waited (?P<waited>[\d.-]+); "
+    r"flow (?P<flow>[\d.-]+); shutdown (?P<shutdown>[\d.-]+) \(records (?P<records>[\d.-]+)\); "
+    r"cpu: cli (?P<cpu_cli>[\d.]+)(?:, server (?P<cpu_server>[\d.]+))?"
 )
+_STAMP = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) \| \w+\s*\| (.*)$")
 
 
 def _temp_dir(prefix: str) -> Path:
@@ -91,140 +57,171 @@ def _temp_dir(prefix: str) -> Path:
     return path
 
 
-def _has_error(output: str) -> bool:
-    return "ERROR" in output or "Traceback" in output
-
-
-def _base_env(home: Path, configure: bool) -> dict[str, str]:
-    """The user's environment minus Prefect settings, plus (optionally) the project's defaults."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "DO_NOT_TRACK"}
+def _env(root: Path, home: Path) -> dict[str, str]:
+    """A new user's environment: no Prefect settings of the caller's, no keys, this checkout first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PRIME_", "LLM_")) and k != "DO_NOT_TRACK"}
     env["PREFECT_HOME"] = str(home)
-    env["PYTHONPATH"] = str(ROOT)
-    if configure:
-        env.update(PREFECT_ENV_DEFAULTS)  # what configure_prefect_env() would set
+    env["PYTHONPATH"] = str(root)
+    env["KERNELBOOK_ENV_FILE"] = str(home / "no.env")
+    env["KERNELBOOK_TIMINGS"] = "1"
     return env
 
 
-def measure_import(repeats: int = 3) -> list[float]:
-    code = "import time; t = time.perf_counter(); import prefect; print(time.perf_counter() - t)"
-    env = _base_env(_temp_dir("bench-prefect-import-"), configure=True)
-    return [float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout) for _ in range(repeats)]
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
-def run_flow(home: Path, configure: bool, api_url: str | None = None) -> dict:
-    env = _base_env(home, configure)
-    env["BENCH_CONFIGURE"] = "1" if configure else "0"
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    start = time.time()
-    proc = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=600, check=False)
-    end = time.time()
+def _stamp_seconds(stamp: str, day: datetime) -> float:
+    return datetime.strptime(f"{day:%Y-%m-%d} {stamp}", "%Y-%m-%d %H:%M:%S.%f").timestamp()
+
+
+def _phases_from_log(output: str, started: float, ended: float) -> dict[str, float]:
+    """Phases of code without KERNELBOOK_TIMINGS: Prefect's own temporary server starts on the
+    first API call (when the flow starts), so imports end at its "Starting temporary server" line."""
+    day = datetime.fromtimestamp(started)
+    marks: dict[str, float] = {}
+    for line in output.splitlines():
+        m = _STAMP.match(line)
+        if not m:
+            continue
+        at, text = _stamp_seconds(m.group(1), day), m.group(2)
+        if "Starting temporary server" in text:
+            marks.setdefault("server_start", at)
+        elif "Beginning flow run" in text:
+            marks.setdefault("flow_start", at)
+        elif "Finished in state" in text and text.startswith("Flow run"):
+            marks["flow_end"] = at  # the last one is the top flow's
+    if not {"server_start", "flow_start", "flow_end"} <= set(marks):
+        return {}
+    return {
+        "imports": marks["server_start"] - started,
+        "server": marks["flow_start"] - marks["server_start"],
+        "waited": marks["flow_start"] - marks["server_start"],
+        "flow": marks["flow_end"] - marks["flow_start"],
+        "shutdown": ended - marks["flow_end"],
+    }
+
+
+def run_curate(python: str, root: Path, home: Path, out: Path, *, uv: bool = False) -> dict:
+    env = _env(root, home)
+    command = ["uv", "run", "kernelbook"] if uv else [python, "-m", "kernelbook_cli"]
+    if uv:
+        env.pop("PYTHONPATH")
+        env.pop("VIRTUAL_ENV", None)  # the clone's own environment
+    cpu_before, started = _children_cpu(), time.time()
+    proc = subprocess.run(
+        [*command, "curate", "--source", "sample", "--judge", "static", "--out", str(out)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=1800, check=False,
+    )
+    ended = time.time()
     output = proc.stdout + proc.stderr
-    row: dict = {"exit_code": proc.returncode, "total": end - start, "error_or_traceback": _has_error(output)}
-    marks = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
-    if marks:
-        data = json.loads(marks[-1].removeprefix("BENCH "))
-        row.update({k: data[k] for k in ("result", "import", "server_start", "flow_run")})
-        row["shutdown"] = end - data["flow_end_wall"]
+    row: dict = {
+        "exit": proc.returncode,
+        "wall": ended - started,
+        "cpu": _children_cpu() - cpu_before,
+        "error_lines": sum(1 for line in output.splitlines() if "ERROR" in line or "Traceback" in line),
+    }
+    m = _TIMINGS.search(output)
+    if m:
+        row.update({k: (float(v) if v not in (None, "-") else None) for k, v in m.groupdict().items()})
     else:
-        row["tail"] = output.strip().splitlines()[-1:] if output.strip() else []
+        row.update(_phases_from_log(output, started, ended))
+    if proc.returncode != 0:
+        row["tail"] = output.strip().splitlines()[-3:]
     return row
 
 
-def _free_port() -> int:
+def _fmt(value: float | None, width: int = 6) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:{width}.1f}"
+
+
+def _print_row(label: str, row: dict) -> None:
+    cpu_split = (
+        f" (cli {_fmt(row.get('cpu_cli'), 4)}, server {_fmt(row.get('cpu_server'), 4)})" if row.get("cpu_cli") is not None else ""
+    )
+    print(
+        f"{label:<34} wall {_fmt(row['wall'])}  cpu {_fmt(row['cpu'])}{cpu_split} | imports {_fmt(row.get('imports'))}  "
+        f"server {_fmt(row.get('server'))} (waited {_fmt(row.get('waited'), 4)})  flow {_fmt(row.get('flow'))}  "
+        f"shutdown {_fmt(row.get('shutdown'))} | exit {row['exit']}  ERROR/Traceback lines: {row['error_lines']}"
+        + (f"  last lines: {row['tail']}" if row.get("tail") else "")
+    )
+
+
+def _load() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def _has_server_command(python: str, root: Path) -> bool:
+    done = subprocess.run([python, "-m", "kernelbook_cli", "server", "--help"], cwd=root, env=_env(root, root),
+                          capture_output=True, text=True, check=False)
+    return done.returncode == 0
+
+
+def with_local_server(python: str, root: Path) -> tuple[float, dict]:
+    """`kernelbook server start` on a free port, one run, `kernelbook server stop`."""
+    import socket
+
+    home = _temp_dir("bench-prefect-server-")
+    env = _env(root, home)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _prefect_cli() -> str:
-    exe = Path(sys.executable).with_name("prefect")
-    return str(exe) if exe.exists() else shutil.which("prefect") or "prefect"
-
-
-def dedicated_server_runs() -> dict:
-    """Start `prefect server start` (temp home, free port), run the flow twice, stop it."""
-    server_home = _temp_dir("bench-prefect-server-")
-    port = _free_port()
-    log_path = server_home / "server.log"
-    env = _base_env(server_home, configure=True)
-    start = time.time()
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [_prefect_cli(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    api_url = f"http://127.0.0.1:{port}/api"
-    result: dict = {}
+        port = sock.getsockname()[1]
+    started = time.time()
+    subprocess.run([python, "-m", "kernelbook_cli", "server", "start", "--port", str(port)], cwd=root, env=env,
+                   check=True, capture_output=True, text=True, timeout=600)
+    server_start = time.time() - started
     try:
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"prefect server start exited with {server.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() - start > 300:
-                raise RuntimeError("prefect server start did not answer within 300 s")
-            time.sleep(0.2)
-        result["server_start"] = time.time() - start
-        client_home = _temp_dir("bench-prefect-client-")
-        result["first_run"] = run_flow(client_home, configure=True, api_url=api_url)
-        result["warm_run"] = run_flow(client_home, configure=True, api_url=api_url)
+        return server_start, run_curate(python, root, home, _temp_dir("bench-out-") / "out")
     finally:
-        stop = time.time()
-        server.send_signal(signal.SIGINT)  # what Ctrl-C does
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        result["server_stop"] = time.time() - stop
-        result["server_error_or_traceback"] = _has_error(log_path.read_text())
-    return result
+        subprocess.run([python, "-m", "kernelbook_cli", "server", "stop"], cwd=root, env=env, check=False,
+                       capture_output=True, timeout=120)
 
 
-def _fmt(value: float | None) -> str:
-    return "   -  " if value is None else f"{value:6.1f}"
-
-
-def _print_run(label: str, row: dict) -> None:
-    print(
-        f"{label:<44} total {_fmt(row['total'])}  import {_fmt(row.get('import'))}  "
-        f"server start {_fmt(row.get('server_start'))}  flow {_fmt(row.get('flow_run'))}  "
-        f"shutdown {_fmt(row.get('shutdown'))}  exit {row['exit_code']}  "
-        f"ERROR/Traceback: {'YES' if row['error_or_traceback'] else 'no'}"
-        + (f"  last line: {row['tail']}" if row.get("tail") else "")
-    )
+def fresh_clone(ref: str) -> None:
+    """`git clone` at ``ref``, then `uv run kernelbook curate --source sample` twice."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", ref], capture_output=True, text=True, check=True).stdout.strip()
+    clone = _temp_dir("bench-clone-") / "clone"
+    subprocess.run(["git", "clone", "-q", "--no-checkout", str(ROOT), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", commit], check=True)
+    print(f"fresh clone of {ref} ({commit[:7]}) in {clone}")
+    print("command: uv run kernelbook curate --source sample --judge static (seconds; cpu = every process, uv's included)")
+    home, out = _temp_dir("bench-prefect-home-"), _temp_dir("bench-out-") / "out"
+    print(f"[load {_load()}]")
+    _print_row("first run: new .venv, new PREFECT_HOME", run_curate("", clone, home, out, uv=True))
+    print(f"[load {_load()}]")
+    _print_row("warm run, same PREFECT_HOME", run_curate("", clone, home, out, uv=True))
+    print(f"[load {_load()}]")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--baseline", action="store_true", help="also run once with Prefect's own defaults")
+    parser.add_argument("--root", type=Path, default=ROOT, help="checkout to measure (default: this one)")
+    parser.add_argument("--python", default=sys.executable, help="interpreter (venv) to run it with")
+    parser.add_argument("--warm-runs", type=int, default=2, help="warm runs after the first")
+    parser.add_argument("--no-server", action="store_true", help="skip the `kernelbook server` case")
+    parser.add_argument("--fresh-clone", metavar="REF", help="measure a new clone of this repository at REF instead")
     args = parser.parse_args()
+    if args.fresh_clone:
+        fresh_clone(args.fresh_clone)
+        return
+    root = args.root.resolve()
 
-    print(f"cores: {os.cpu_count()}, load average at start: {os.getloadavg()[0]:.2f}")
-    imports = measure_import()
-    print(f"import prefect (fresh interpreter): median {statistics.median(imports):.1f} s  (runs: {', '.join(f'{t:.1f}' for t in imports)})")
-
+    print(f"checkout {root}, python {args.python}, {os.cpu_count()} cores")
+    print("command: python -m kernelbook_cli curate --source sample --judge static (seconds; cpu = every process of the run)")
     home = _temp_dir("bench-prefect-home-")
-    _print_run("first run, fresh PREFECT_HOME (ephemeral)", run_flow(home, configure=True))
-    _print_run("warm run, same PREFECT_HOME (ephemeral)", run_flow(home, configure=True))
-    if args.baseline:
-        baseline_home = _temp_dir("bench-prefect-baseline-")
-        _print_run("first run, fresh home, Prefect defaults", run_flow(baseline_home, configure=False))
-
-    dedicated = dedicated_server_runs()
-    print(f"prefect server start (temp home) answered /health after {dedicated['server_start']:.1f} s")
-    _print_run("first run against the running server", dedicated["first_run"])
-    _print_run("warm run against the running server", dedicated["warm_run"])
-    print(
-        f"prefect server stop (SIGINT) took {dedicated['server_stop']:.1f} s; "
-        f"ERROR/Traceback in its log: {'YES' if dedicated['server_error_or_traceback'] else 'no'}"
-    )
-    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    out = _temp_dir("bench-out-") / "out"
+    print(f"[load {_load()}]")
+    _print_row("first run, new PREFECT_HOME", run_curate(args.python, root, home, out))
+    for i in range(args.warm_runs):
+        print(f"[load {_load()}]")
+        _print_row(f"warm run {i + 1}, same PREFECT_HOME", run_curate(args.python, root, home, out))
+    if not args.no_server and _has_server_command(args.python, root):
+        print(f"[load {_load()}]")
+        server_start, row = with_local_server(args.python, root)
+        print(f"`kernelbook server start` (new home) took {server_start:.1f} s")
+        _print_row("run while `kernelbook server` runs", row)
+    print(f"[load {_load()}]")
 
 
 if __name__ == "__main__":

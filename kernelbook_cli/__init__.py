@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from kernelbook_lib.errors import UserError
 
@@ -23,12 +24,36 @@ from kernelbook_lib.errors import UserError
 def _all_subclasses(cls: type) -> list[type]:
     return [sub for direct in cls.__subclasses__() for sub in (direct, *_all_subclasses(direct))]
 
+class _SessionGroup(TyperGroup):
+    """Runs each command inside a :class:`tasks.runtime.CliSession`: from the moment its options
+    are parsed (so before it imports the flows) the session starts the Prefect server the run
+    will use, ends the run cleanly on Ctrl-C (exit code 130), and stops the server at the end.
+    Command groups (``server``) run as they are."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is None or isinstance(command, TyperGroup) or getattr(command, "_in_session", False):
+            return command
+        invoke = command.invoke
+
+        def invoke_in_session(sub_ctx):
+            from tasks.runtime import CliSession
+
+            with CliSession():
+                return invoke(sub_ctx)
+
+        command.invoke = invoke_in_session
+        command._in_session = True
+        return command
+
+
 app = typer.Typer(
     name="kernelbook",
     help="Curate LLM eval rollouts of Triton kernels into judged, deduplicated, leak-free SFT datasets.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_SessionGroup,
 )
 
 
@@ -111,16 +136,17 @@ def _quiet_user_errors() -> None:
 
 
 def run_flow(fn, **kwargs):
-    """Run a flow; turn a UserError into one line on stderr and its exit code."""
+    """Run a flow on the session's Prefect API; turn a UserError into one line on stderr and its
+    exit code. (Ctrl-C is the session's: one line, exit code 130.)"""
+    from tasks.runtime import attach_prefect_api
+
     _quiet_user_errors()
     try:
+        attach_prefect_api()
         return fn(**kwargs)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
 
 
 @contextmanager
@@ -292,6 +318,70 @@ def generate_prompts(
     typer.echo("")
     show(result)
     typer.echo(f"outputs in {out}/ (synthetic_prompts.jsonl, synthetic/, synthetic_rejected.jsonl, synthetic_summary.json)")
+
+
+server_app = typer.Typer(
+    help="A local Prefect server that outlives runs, with the UI. While it runs, kernelbook commands use it "
+    "(unless PREFECT_API_URL points elsewhere) instead of starting a temporary server each time.",
+    no_args_is_help=True,
+)
+app.add_typer(server_app, name="server")
+
+
+def _server_line(record) -> str:
+    return f"{record.address} (UI: {record.address}, API: {record.api_url}, pid {record.pid})"
+
+
+@server_app.command("start")
+def server_start(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.", min=1, max=65535)] = 4200,
+) -> None:
+    """Start the server in the background (its log: PREFECT_HOME/kernelbook-server.log)."""
+    import tasks  # noqa: F401  (the Prefect defaults: no telemetry, quiet services)
+    from tasks.local_server import LocalServer
+
+    server = LocalServer()
+    running = server.running()
+    if running is not None:
+        typer.echo(f"a Prefect server is already running at {_server_line(running)}")
+        return
+    typer.echo("starting the Prefect server (the first start on a new PREFECT_HOME creates its database)...")
+    try:
+        record = server.start(port=port)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except RuntimeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Prefect server running at {_server_line(record)}")
+    typer.echo("kernelbook runs use it until `kernelbook server stop`; its log: " + str(server.log_path))
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Say whether the server runs (exit code 0) or not (exit code 1)."""
+    from tasks.local_server import LocalServer
+
+    server = LocalServer()
+    record = server.running()
+    if record is None:
+        typer.echo(f"no kernelbook Prefect server is running for PREFECT_HOME={server.home}")
+        raise typer.Exit(1)
+    typer.echo(f"running at {_server_line(record)}")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the server."""
+    from tasks.local_server import LocalServer
+
+    server = LocalServer()
+    record = server.stop()
+    if record is None:
+        typer.echo(f"no kernelbook Prefect server was running for PREFECT_HOME={server.home}")
+    else:
+        typer.echo(f"stopped the Prefect server at {record.address}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,7 +50,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 import uuid
 from collections import Counter, deque
@@ -64,7 +63,6 @@ import tasks  # noqa: F401  (Prefect environment defaults, before prefect)
 
 from prefect import get_run_logger, task
 from prefect.logging import get_logger
-from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.artifacts import ProgressArtifact, TableArtifact, aupdate_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
@@ -87,6 +85,8 @@ from kernelbook_lib import llm
 from kernelbook_lib.llm import Failure, LLMAuthError, LLMOutcome, LLMRequest, LLMTask
 from kernelbook_lib.progress import Progress, format_count
 from kernelbook_lib.settings import Settings, load_settings
+from tasks.prefect_internals import AtomicLocalFileSystem
+from tasks.runtime import on_temporary_server
 
 _module_logger = get_logger("kernelbook.llm")
 
@@ -119,49 +119,6 @@ FREEZE_GC = True
 # --- the cache: Prefect's ResultStore on the cache directory ---------------------------------
 
 
-class AtomicLocalFileSystem(LocalFileSystem):
-    """Prefect's LocalFileSystem, but a write is atomic: a temporary file in the same
-    directory, then ``os.replace``. A killed run leaves the old record or the new one, never
-    half of one (a truncated record would be a cache miss anyway, see ``_read_cached``)."""
-
-    _block_type_slug = "kernelbook-atomic-local-file-system"
-
-    def _resolve_path(self, path: str) -> Path:
-        """As LocalFileSystem's (paths outside the base path are refused), but with string
-        operations and the base path resolved once: Prefect calls this four times per write."""
-        base = self.__dict__.get("_resolved_base")
-        if base is None:
-            base = str(Path(self.basepath).expanduser().resolve() if self.basepath else Path(".").resolve())
-            self.__dict__["_resolved_base"] = base
-        if not path:
-            return Path(base)
-        candidate = os.path.normpath(os.path.join(base, os.path.expanduser(str(path))))
-        if candidate != base and not candidate.startswith(base + os.sep):
-            raise ValueError(f"Provided path {candidate} is outside of the base path {base}.")
-        return Path(candidate)
-
-    def _atomic_write(self, path: str, content: bytes) -> str:
-        target = self._resolve_path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(content)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return str(target)
-
-    async def awrite_path(self, path: str, content: bytes) -> str:
-        return self._atomic_write(path, content)
-
-    @async_dispatch(awrite_path)
-    def write_path(self, path: str, content: bytes) -> str:
-        return self._atomic_write(path, content)
-
-
 def llm_cache_dir(settings: Settings) -> Path:
     return Path(settings.kernelbook_cache_dir).expanduser().resolve() / "llm"
 
@@ -187,7 +144,7 @@ async def ensure_concurrency_limit(name: str, wanted: int, logger: Any) -> int:
     use. Missing: created with ``wanted``. Present with another value: on the ephemeral local
     server (no PREFECT_API_URL) the limit is ours and is updated; on a Prefect server an
     operator set it, so the server's value is used (and the log says so)."""
-    ephemeral = not get_current_settings().api.url
+    ephemeral = on_temporary_server()
     async with get_client() as client:
         try:
             limit = await client.read_global_concurrency_limit_by_name(name)
@@ -235,7 +192,7 @@ class LeaseLedger:
 
     @staticmethod
     def directory_for(limit_name: str) -> Path:
-        api_url = get_current_settings().api.url or "ephemeral"
+        api_url = "ephemeral" if on_temporary_server() else get_current_settings().api.url
         backend = hashlib.sha256(api_url.encode()).hexdigest()[:12]
         return Path(get_current_settings().home) / "kernelbook-llm-leases" / backend / limit_name
 
@@ -316,7 +273,7 @@ async def reclaim_dead_runs_slots(limit_name: str, logger: Any) -> None:
                     await client.release_concurrency_slots_with_lease(uuid.UUID(lease_id))
         after = (await client.read_global_concurrency_limit_by_name(limit_name)).active_slots
         leaked = min(stale - max(0, before - after), after)
-        if leaked > 0 and not get_current_settings().api.url:
+        if leaked > 0 and on_temporary_server():
             await client.release_concurrency_slots(names=[limit_name], slots=leaked, occupancy_seconds=1.0)
     pids = ", ".join(str(record["pid"]) for _, record in dead)
     logger.warning(

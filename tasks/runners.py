@@ -134,12 +134,14 @@ def api_reachable_by_workers(address: str | None = None) -> Iterator[None]:
     """
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
+    from tasks.runtime import on_temporary_server
+
     api_url = get_current_settings().api.url
     remote_cluster = address is not None and not _is_loopback(_dask_host(address))
     if remote_cluster and (api_url is None or _is_loopback(urlsplit(api_url).hostname)):
         raise UserError(
             f"the Dask cluster at {address} runs on another machine, so its workers cannot reach "
-            f"{'the local temporary Prefect server' if api_url is None else api_url}; start a Prefect server "
+            f"{'the local temporary Prefect server' if on_temporary_server() else api_url}; start a Prefect server "
             "they can reach (prefect server start --host 0.0.0.0) and set PREFECT_API_URL to its address"
         )
     if api_url is not None or not get_current_settings().server.ephemeral.enabled:
@@ -163,5 +165,8 @@ def task_runner_session(
     if kind != "dask":
         yield runner
         return
+    from tasks.runtime import attach_prefect_api
+
+    attach_prefect_api()  # a CLI run: the workers must use the run's API (no-op otherwise)
     with api_reachable_by_workers(address):
         yield runner

@@ -1,41 +1,58 @@
-"""Prefect's local (ephemeral) mode, made reliable and quiet for a new user.
+"""How a run starts, stops and is interrupted: Prefect's local mode, made fast, quiet and safe.
 
-Without ``PREFECT_API_URL`` a flow run makes Prefect start a temporary API server in a subprocess
-(``prefect/server/api/server.py``, ``SubprocessASGIServer``) with a SQLite database under
-``PREFECT_HOME``, and stop it at interpreter exit. Out of the box, on a 2-core machine, that:
+Without a Prefect API (no ``PREFECT_API_URL``), Prefect starts a temporary API server in a
+subprocess on the first API call and stops it at interpreter exit. Out of the box, on a 2-core
+machine, that:
 
-* fails a new user's first run: the first start migrates a fresh database (115 Alembic
-  migrations: 4.7 s idle, 7.6 s at load 3.5) on top of 4-6 s of imports, which under load
-  runs past the default 20 s ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``;
-* tries to phone home (the server's telemetry heartbeat to sens-o-matic.prefect.io, the SDK's
-  Amplitude events) and logs ``ERROR ... Failed to send telemetry`` when there is no internet,
-  or a "database is locked" traceback when the heartbeat's first write races the other writers;
-* prints ``ERROR ... task_run_recorder - Error flushing events`` tracebacks at exit, and loses
-  task-run records: the server's TaskRunRecorder writes one SQLite transaction per client
-  event, falls seconds behind (500 tasks: 9 s behind), and the exit hook SIGTERMs the server,
-  whose service shutdown cancels the recorder mid-write and drops its unconsumed backlog;
-* prints one INFO line per task run, burying the pipeline's own progress.
+* was slow: the server (about 9 s of CPU: its imports and start) only starts when the flow does,
+  after the CLI's own imports (about 8 s of CPU), and the client also imports the server's
+  module (about 5 s of CPU) just to start it;
+* failed a new user's first run: the first start migrates a fresh database (115 Alembic
+  migrations, about 12 s of CPU) and, under load, ran past the default 20 s
+  ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``;
+* tried to phone home (the server's telemetry heartbeat, the SDK's Amplitude events), logging
+  ``ERROR ... Failed to send telemetry`` without internet;
+* lost task-run records and printed ``ERROR ... Error flushing events`` at exit: the server's
+  TaskRunRecorder writes one SQLite transaction per event and falls seconds behind, and the
+  exit stop cancelled it mid-write;
+* was in the terminal's process group, so Ctrl-C killed the server under the running flow (which
+  then spent minutes retrying it), and ``kill -9`` of the run left the server running forever;
+* printed one INFO line per task run, burying the pipeline's own progress.
 
-:func:`configure_prefect_env` fixes the causes with Prefect settings (and drops the per-task
-line with a logger filter); it must run BEFORE prefect is imported (Prefect reads its settings
-once, at import), which ``tasks/__init__.py`` does.
-:func:`shutdown_ephemeral_server` gives the temporary server an orderly shutdown; it runs by
-itself at interpreter exit and may also be called explicitly. The README's section on Prefect's
-local mode gives the measurements behind every value (``benchmarks/prefect_overhead.py``).
+What this module does about it:
 
-This module imports prefect only inside functions.
+* :func:`configure_prefect_env` sets Prefect settings (no telemetry, no services a local run
+  does not need, a startup timeout that covers a first start under load) and drops the
+  per-task line with a logger filter. It must run BEFORE prefect is imported (Prefect reads its
+  settings at import); ``tasks/__init__.py`` does that.
+* :class:`CliSession` (one per ``kernelbook`` command that runs flows) chooses the Prefect API:
+  the one configured (``PREFECT_API_URL`` or a Prefect profile), else the local server of
+  ``kernelbook server start`` when it runs, else a :class:`~tasks.local_server.TemporaryServer`
+  started before the flows are imported (the start overlaps the imports), in its own session
+  and watching its parent. At the end it waits until the server has recorded every task run,
+  then stops it. It turns Ctrl-C into a prompt stop with exit code 130 and one line.
+* :func:`shutdown_ephemeral_server` gives Prefect's own temporary server (flows run from Python
+  without the CLI) the same orderly stop at interpreter exit.
+
+The README's sections "Prefect's local mode" and "Failure behaviour" give the measurements
+(``benchmarks/prefect_overhead.py``). This module imports prefect only inside functions.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 import warnings
 from datetime import UTC, datetime
 from typing import Any
+
+from kernelbook_lib.errors import UserError
+from tasks import prefect_internals
+from tasks.local_server import LocalServer, TemporaryServer, prefect_home
 
 #: Environment defaults applied with ``os.environ.setdefault``: a value the user set wins.
 PREFECT_ENV_DEFAULTS: dict[str, str] = {
@@ -47,8 +64,8 @@ PREFECT_ENV_DEFAULTS: dict[str, str] = {
     # (prefect/_internal/analytics/enabled.py checks the DO_NOT_TRACK convention).
     "DO_NOT_TRACK": "1",
     # --- First start: migrations are an inherent one-time cost; allow for them under load. ---
-    # Prefect's own loop (SubprocessASGIServer.start) still fails with a clear RuntimeError if
-    # the server never answers. 90 s covers the slowest first start measured (see the README).
+    # Both Prefect's temporary server and ours fail with a clear error if the server never
+    # answers. 90 s covers the slowest first start measured (see the README).
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     # --- Services a local run does not need (they only add SQLite writers and CPU). ---
     # EventPersister copies every event into the `events` table (the UI's event feed and
@@ -65,6 +82,17 @@ PREFECT_ENV_DEFAULTS: dict[str, str] = {
 
 #: The logger of Prefect's task-run engine messages and of ``get_run_logger()`` inside tasks.
 TASK_RUN_LOGGER = "prefect.task_runs"
+#: Set (with the server's API URL) while a CLI run uses a temporary server of its own.
+TEMPORARY_API_ENV = "KERNELBOOK_TEMPORARY_PREFECT_API"
+#: ``KERNELBOOK_TIMINGS=1`` prints where a CLI run's time went (benchmarks/prefect_overhead.py).
+TIMINGS_ENV = "KERNELBOOK_TIMINGS"
+#: After Ctrl-C, the run stops in order within this long, or is ended regardless.
+INTERRUPT_GRACE_S = 10.0
+#: What a Ctrl-C prints (and the only thing it prints).
+INTERRUPTED_LINE = (
+    "interrupted: the run stopped before it finished (outputs without run_summary.json are unfinished); "
+    "finished LLM calls are cached, so running the same command again resumes"
+)
 
 
 class TaskRunCompletedFilter(logging.Filter):
@@ -95,7 +123,7 @@ _process_started_at: datetime | None = None
 
 def configure_prefect_env() -> None:
     """Set the PREFECT_* defaults above (a value already in the environment wins) and register
-    the orderly shutdown of the temporary server at interpreter exit. Idempotent.
+    the orderly shutdown of Prefect's temporary server at interpreter exit. Idempotent.
 
     Call it before anything imports prefect: Prefect reads its settings at import. If prefect
     was already imported, a RuntimeWarning names the defaults Prefect did not see.
@@ -108,7 +136,9 @@ def configure_prefect_env() -> None:
         if not _configured:
             _configured = True
             _process_started_at = datetime.now(UTC)
-            _register_exit_hook()
+            # Registered before Prefect starts its event and log workers, so it runs after
+            # their drains and before Prefect's own atexit stop of its temporary server.
+            prefect_internals.register_before_atexit(_shutdown_at_exit)
             # A logger filter survives Prefect's dictConfig (which only adds filters), so it
             # can be attached before prefect is imported.
             logging.getLogger(TASK_RUN_LOGGER).addFilter(TaskRunCompletedFilter())
@@ -126,41 +156,17 @@ def configure_prefect_env() -> None:
         )
 
 
-def _register_exit_hook() -> None:
-    """Run :func:`shutdown_ephemeral_server` at interpreter exit, before Prefect's own stop.
+def on_temporary_server() -> bool:
+    """Whether the Prefect API in use is a temporary server that lives for this run (Prefect's
+    own, or the one a :class:`CliSession` started): then its database is PREFECT_HOME's and
+    nobody else administers it."""
+    from prefect.settings import get_current_settings
 
-    Prefect's own exit hooks (the events and log workers' drains, then the server's atexit
-    stop) would stop the server before its recorder has caught up. Threading exit hooks run
-    before `atexit` ones, in reverse order of registration, so this one, registered before
-    Prefect starts its workers, runs after their drains and before Prefect's atexit stop
-    (which then finds the server already stopped). `threading._register_atexit` is what
-    Prefect (and concurrent.futures) use for the same purpose.
-    """
-    register = getattr(threading, "_register_atexit", None)
-    if register is not None:
-        register(_shutdown_at_exit)
-    else:  # pragma: no cover - every supported CPython has it
-        import atexit
-
-        atexit.register(_shutdown_at_exit)
+    url = get_current_settings().api.url
+    return url is None or url == os.environ.get(TEMPORARY_API_ENV)
 
 
-def _running_ephemeral_server() -> Any | None:
-    """The temporary server this process started, if one is running; else None.
-
-    Never imports the server module: if it is not imported, no server was started here.
-    """
-    module = sys.modules.get("prefect.server.api.server")
-    if module is None:
-        return None
-    # The un-keyed instance is the one Prefect's clients start (SubprocessASGIServer() is a
-    # per-port singleton; prefect_test_harness registers and removes its own under this key).
-    server = module.SubprocessASGIServer._instances.get(None)
-    if server is None or not server.running or server.server_process is None:
-        return None
-    if server.server_process.poll() is not None:  # already exited
-        return None
-    return server
+# --- waiting for the server to record every task run ------------------------------------------
 
 
 def _drain_client_workers(timeout: float) -> None:
@@ -188,11 +194,10 @@ def _task_run_counts(client: Any, since: datetime) -> tuple[int, int]:
     final = TaskRunFilter(
         state=TaskRunFilterState(type=TaskRunFilterStateType(any_=list(_FINAL_STATE_TYPES)))
     ).model_dump(mode="json", exclude_unset=True)
-    total = client.request("POST", "/task_runs/count", json={"flow_runs": flow_runs})
-    done = client.request("POST", "/task_runs/count", json={"flow_runs": flow_runs, "task_runs": final})
-    total.raise_for_status()
-    done.raise_for_status()
-    return int(total.json()), int(done.json())
+    return (
+        prefect_internals.count_task_runs(client, flow_runs),
+        prefect_internals.count_task_runs(client, flow_runs, final),
+    )
 
 
 def _recorder_settle_s() -> float:
@@ -248,12 +253,45 @@ def wait_for_task_run_records(
     return False
 
 
-def shutdown_ephemeral_server(max_wait_s: float = 60.0) -> None:
-    """Orderly stop of the temporary server this process started (no-op if there is none).
+def _logger() -> Any:
+    from prefect.logging import get_logger
 
-    1. drain this process's event and log workers, so the server has received everything;
-    2. wait for the server to record those events (:func:`wait_for_task_run_records`);
-    3. stop it (SIGTERM; its services then stop with nothing in flight and nothing queued).
+    return get_logger("kernelbook.runtime")
+
+
+def _settle_records(max_wait_s: float) -> None:
+    """Drain this process's events and logs, then wait for the server to record them."""
+    _drain_client_workers(timeout=max_wait_s)
+    since = _process_started_at or datetime.now(UTC)
+    if not wait_for_task_run_records(since, max_wait_s=max_wait_s):
+        _logger().warning(
+            "The local Prefect server was still recording task runs after %.0f s; "
+            "stopping it anyway, so some task runs may be missing from its database.",
+            max_wait_s,
+        )
+
+
+# --- Prefect's own temporary server (flows run from Python, without the CLI) -----------------
+
+
+def _running_ephemeral_server() -> Any | None:
+    """Prefect's temporary server if this process started one and it runs; else None.
+
+    Never imports the server module: if it is not imported, no server was started here.
+    """
+    module = sys.modules.get("prefect.server.api.server")
+    if module is None:
+        return None
+    server = module.SubprocessASGIServer()  # the un-keyed singleton Prefect's clients start
+    if not server.running or server.server_process is None or server.server_process.poll() is not None:
+        return None
+    return server
+
+
+def shutdown_ephemeral_server(max_wait_s: float = 60.0) -> None:
+    """Orderly stop of Prefect's temporary server started by this process (no-op if none):
+    drain this process's events and logs, wait until the server has recorded them, then stop
+    it (SIGTERM; its services then stop with nothing in flight and nothing queued).
 
     Runs by itself at interpreter exit once :func:`configure_prefect_env` ran. Call it from
     synchronous code only. A Ctrl-C during the wait skips straight to the stop.
@@ -261,24 +299,12 @@ def shutdown_ephemeral_server(max_wait_s: float = 60.0) -> None:
     server = _running_ephemeral_server()
     if server is None:
         return
-    from prefect.logging import get_logger
-
-    logger = get_logger("kernelbook.runtime")
     try:
-        _drain_client_workers(timeout=max_wait_s)
-        since = _process_started_at or datetime.now(UTC)
-        if not wait_for_task_run_records(since, max_wait_s=max_wait_s):
-            logger.warning(
-                "The local Prefect server was still recording task runs after %.0f s; "
-                "stopping it anyway, so some task runs may be missing from its database.",
-                max_wait_s,
-            )
+        _settle_records(max_wait_s)
     except KeyboardInterrupt:
         pass
     except Exception as exc:  # noqa: BLE001  (the stop below must still happen)
-        logger.warning(
-            "Could not confirm that the local Prefect server recorded every task run: %s", exc
-        )
+        _logger().warning("Could not confirm that the local Prefect server recorded every task run: %s", exc)
     finally:
         server.stop()
 
@@ -288,3 +314,270 @@ def _shutdown_at_exit() -> None:
         shutdown_ephemeral_server()
     except BaseException:  # noqa: BLE001, S110  (an exit must not become a traceback;
         pass  # Prefect's own atexit stop still runs after this)
+
+
+# --- one CLI command: its Prefect API, its end, its interruption ------------------------------
+
+
+class _Silence(logging.Filter):
+    """After Ctrl-C the console shows one line, not Prefect's crash reports (they still reach
+    the API, so the run's page in the UI shows them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def _silence_console() -> None:
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    for lg in loggers:
+        for handler in lg.handlers:
+            if isinstance(handler, logging.StreamHandler) and not any(isinstance(f, _Silence) for f in handler.filters):
+                handler.addFilter(_Silence())
+
+
+def _configured_api_url() -> str | None:
+    """The Prefect API URL from Prefect's settings (environment, .env, prefect.toml, profile)."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url
+
+
+_current: CliSession | None = None
+
+
+class CliSession:
+    """The Prefect side of one CLI command that runs flows. Use as a context manager around the
+    command; call :func:`attach_prefect_api` right before the first flow runs.
+
+    On entry (before the command imports the flows, so before Prefect is imported): if no API
+    URL is in the environment, either the local server of ``kernelbook server start`` answers,
+    or a temporary server is started now, so that it boots while the command imports. At
+    :meth:`attach`, Prefect's settings (which may also come from a profile or a config file)
+    decide: a configured API wins (the temporary server is stopped unused); otherwise the run
+    uses the local or temporary server. On exit, a temporary server that was used is stopped
+    once it has recorded every task run.
+
+    Ctrl-C: the first one stops the run (KeyboardInterrupt through Prefect, which records the
+    runs as crashed), stops the temporary server, prints :data:`INTERRUPTED_LINE` and exits
+    with 130; if that takes more than :data:`INTERRUPT_GRACE_S`, or on a second Ctrl-C, the
+    process ends at once.
+    """
+
+    def __init__(self) -> None:
+        self.temporary: TemporaryServer | None = None
+        self.local_api: str | None = None
+        self.attached = False
+        self.interrupted = False
+        self._said_interrupted = False
+        self._say_lock = threading.Lock()
+        self._previous_sigint: Any = None
+        self._saved_env: dict[str, str | None] = {}
+        self._server_cpu: float | None = None
+        self._marks: dict[str, float] = {"start": _process_start_wall()}
+
+    # -- entry ------------------------------------------------------------------------------
+
+    def __enter__(self) -> CliSession:
+        global _current
+        _current = self
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            self._prepare_api()
+        except BaseException:
+            self._finish(interrupted=False)
+            raise
+        return self
+
+    def _prepare_api(self) -> None:
+        if os.environ.get("PREFECT_API_URL"):
+            return
+        if "prefect" in sys.modules and _configured_api_url():
+            return  # already imported (tests, a long-lived process): its settings decide now
+        local = LocalServer().running()
+        if local is not None:
+            self.local_api = local.api_url
+            return
+        if os.environ.get("PREFECT_SERVER_EPHEMERAL_ENABLED", "").lower() in ("0", "false"):
+            return  # the user asked for no temporary server: Prefect's own error follows
+        # A new PREFECT_HOME: its database from the template, not 115 migrations at server start.
+        prefect_internals.seed_prefect_database(prefect_home())
+        self.temporary = TemporaryServer()
+        self.temporary.spawn()
+        self._marks["spawned"] = time.time()
+
+    def attach(self) -> None:
+        """Point Prefect at the API this run uses and wait until it answers. Idempotent."""
+        if self.attached:
+            return
+        self.attached = True
+        self._marks.setdefault("attached", time.time())
+        if _configured_api_url():
+            self._stop_temporary()  # a configured API wins over our guess
+            return
+        from prefect.context import refresh_global_settings_context
+        from prefect.settings import get_current_settings
+
+        api_url = self.local_api or (self.temporary.api_url if self.temporary else None)
+        if api_url is None:
+            return
+        self._set_env("PREFECT_API_URL", api_url)
+        if self.temporary is not None:
+            self._set_env(TEMPORARY_API_ENV, api_url)
+            if "PREFECT_UI_URL" not in os.environ:
+                self._set_env("PREFECT_UI_URL", "")  # no UI: no "View at" links that lead nowhere
+        refresh_global_settings_context()  # Prefect read its settings at import, without it
+        if self.temporary is None:
+            _logger().info(f"Using the local Prefect server at {api_url} (UI: {api_url.removesuffix('/api')})")
+            return
+        _logger().info(
+            f"Starting a temporary Prefect server on {self.temporary.address} for this run "
+            "(`kernelbook server start` keeps one running, with the UI)"
+        )
+        timeout = float(get_current_settings().server.ephemeral.startup_timeout_seconds)
+        try:
+            self.temporary.wait_ready(timeout)
+        except RuntimeError as exc:  # one clear line, not a traceback
+            raise UserError(str(exc), exit_code=1) from None
+        self._marks["ready"] = time.time()
+
+    def _set_env(self, key: str, value: str) -> None:
+        self._saved_env.setdefault(key, os.environ.get(key))
+        os.environ[key] = value
+
+    # -- exit -------------------------------------------------------------------------------
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        interrupted = self.interrupted or (exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
+        self._finish(interrupted=interrupted)
+        if interrupted:
+            self._say_interrupted()
+            raise SystemExit(130) from None
+        return False
+
+    def _finish(self, *, interrupted: bool) -> None:
+        global _current
+        self._marks["flow_end"] = time.time()
+        try:
+            if interrupted:
+                _silence_console()
+            self._stop_temporary(settle=True, quick=interrupted)
+        except KeyboardInterrupt:  # a Ctrl-C during the orderly end: end at once
+            self.interrupted = True
+            self._stop_temporary(quick=True)
+        finally:
+            self._marks["end"] = time.time()
+            if self._previous_sigint is not None:
+                signal.signal(signal.SIGINT, self._previous_sigint)
+                self._previous_sigint = None
+            _current = None
+            if os.environ.get(TIMINGS_ENV) == "1":
+                self._print_timings()
+            self._restore_env()
+
+    def _stop_temporary(self, *, settle: bool = False, quick: bool = False) -> None:
+        server = self.temporary
+        if server is None:
+            return
+        self._server_cpu = _cpu_seconds(server.process.pid) if server.process is not None else None
+        if settle and server.running and server.ready_at is not None:
+            try:
+                # Quick (after Ctrl-C): the crashed states are sent, not waited for at length.
+                _settle_records(max_wait_s=2.0 if quick else 60.0)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001  (the stop below must still happen)
+                if not quick:
+                    _logger().warning("Could not confirm that the Prefect server recorded every task run: %s", exc)
+        self._marks["settled"] = time.time()
+        self._server_cpu = _cpu_seconds(server.process.pid) if server.process is not None else self._server_cpu
+        server.stop(grace_s=3.0 if quick else 10.0)
+        self.temporary = None
+
+    def _restore_env(self) -> None:
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if self._saved_env and "prefect.context" in sys.modules:
+            from prefect.context import refresh_global_settings_context
+
+            refresh_global_settings_context()
+        self._saved_env = {}
+
+    # -- Ctrl-C -----------------------------------------------------------------------------
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.interrupted:
+            self._end_now()  # a second Ctrl-C
+        self.interrupted = True
+        _silence_console()
+        threading.Thread(target=self._watchdog, name="interrupt-watchdog", daemon=True).start()
+        raise KeyboardInterrupt
+
+    def _watchdog(self) -> None:
+        time.sleep(INTERRUPT_GRACE_S)
+        self._end_now()
+
+    def _end_now(self) -> None:
+        """End the process at once (exit code 130), stopping the temporary server first."""
+        self._say_interrupted()
+        server = self.temporary
+        if server is not None:
+            server.stop(grace_s=1.0)
+        os._exit(130)
+
+    def _say_interrupted(self) -> None:
+        with self._say_lock:
+            if self._said_interrupted:
+                return
+            self._said_interrupted = True
+        sys.stdout.flush()
+        sys.stderr.write(INTERRUPTED_LINE + "\n")
+        sys.stderr.flush()
+
+    # -- timings (KERNELBOOK_TIMINGS=1) ---------------------------------------------------------
+
+    def _print_timings(self) -> None:
+        m = self._marks
+
+        def span(a: str, b: str) -> str:
+            return f"{m[b] - m[a]:.2f}" if a in m and b in m else "-"
+
+        server_cpu = self._server_cpu
+        sys.stderr.write(
+            "timings (s): "
+            f"imports {span('start', 'attached')}; "
+            f"server spawn->ready {span('spawned', 'ready')}, waited {span('attached', 'ready')}; "
+            f"flow {span('ready' if 'ready' in m else 'attached', 'flow_end')}; "
+            f"shutdown {span('flow_end', 'end')} (records {span('flow_end', 'settled')}); "
+            f"cpu: cli {_cpu_seconds(os.getpid()):.2f}"
+            + (f", server {server_cpu:.2f}" if server_cpu is not None else "")
+            + "\n"
+        )
+
+
+def attach_prefect_api() -> None:
+    """Call right before a CLI command runs its first flow (no-op outside a :class:`CliSession`)."""
+    if _current is not None:
+        _current.attach()
+
+
+def _process_start_wall() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001
+        return time.time()
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        import psutil
+
+        times = psutil.Process(pid).cpu_times()
+        return times.user + times.system
+    except Exception:  # noqa: BLE001
+        return None

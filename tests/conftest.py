@@ -1,7 +1,7 @@
-"""Test-session setup: hermetic Prefect and settings, and one shared Prefect test harness.
+"""Test-session setup: hermetic Prefect and settings, and one shared Prefect server.
 
 Environment first, before anything imports prefect: a temporary PREFECT_HOME, no API URL (the
-harness starts its own server), no real keys from a developer's ``.env``.
+session's server is set once it runs), no real keys from a developer's ``.env``.
 """
 
 from __future__ import annotations
@@ -48,41 +48,84 @@ import prefect  # noqa: E402,F401  (Prefect configures its logging at import)
 _console_to_own_stream()
 import pytest  # noqa: E402
 
+from tasks.local_server import TemporaryServer  # noqa: E402
 from tests.fixtures.llm import *  # noqa: E402,F401,F403  (loopback LLM fixtures for every test)
+
+#: The session's Prefect server: the project's own temporary server (tasks/local_server.py), on
+#: the session's new PREFECT_HOME. It is started as soon as the tests are collected, so its start
+#: (Prefect's imports and its database migrations) overlaps the tests that do not need it, which
+#: run first. Its database is made by Prefect's own migrations, not from the template, so
+#: tests/tasks/test_runtime.py can check the template against them.
+_SERVER = TemporaryServer()
+
+
+def session_database() -> str:
+    """The session server's SQLite database (made by Prefect's migrations)."""
+    return os.path.join(os.environ["PREFECT_HOME"], "prefect.db")
 
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One temporary Prefect server + database for every test that runs flows."""
-    from prefect.testing.utilities import prefect_test_harness
+    """The session's Prefect server and database, for every test that runs flows."""
+    from prefect.context import refresh_global_settings_context
 
     from prefect import flow
+
+    if _SERVER.process is None:
+        _SERVER.spawn()
+    _SERVER.wait_ready(timeout=300)
+    # The process-wide settings (not a context): threads Prefect starts see the server too.
+    os.environ["PREFECT_API_URL"] = _SERVER.api_url
+    refresh_global_settings_context()
 
     @flow(name="harness-warm-up")
     def warm_up() -> int:
         return 1
 
-    with prefect_test_harness(server_startup_timeout=180):
-        # The first flow run of a process completes Prefect's logging setup, which replaces
-        # the root logger's handlers (caplog's among them): get it done before any test.
-        warm_up()
-        _console_to_own_stream()  # that setup made a new console handler
-        yield
+    # The first flow run of a process completes Prefect's logging setup, which replaces the
+    # root logger's handlers (caplog's among them): get it done before any test.
+    warm_up()
+    _console_to_own_stream()  # that setup made a new console handler
+    yield _SERVER
+    from tasks.runtime import _drain_client_workers
+
+    _drain_client_workers(timeout=30)
 
 
-# --- markers and the skip rule ------------------------------------------------------------------
+def pytest_sessionfinish(session, exitstatus):
+    """No test may skip: a missing command, server or file must fail, not vanish from the run."""
+    if _skipped and exitstatus == 0:
+        session.exitstatus = 1
+    _SERVER.stop()
+
+
+# --- markers, order and the skip rule ---------------------------------------------------------
 
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
+def _uses_server(item) -> bool:
+    return "prefect_harness" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(config, items):
     """``slow`` names every test that starts a server or a subprocess: the ones marked by hand
-    (subprocesses), every test that runs flows against the shared Prefect test server, and all of
-    ``tests/e2e``. ``uv run pytest -m "not slow"`` is the quick library-level loop."""
+    (subprocesses), every test that runs flows against the session's Prefect server, and all of
+    ``tests/e2e``. ``uv run pytest -m "not slow"`` is the quick library-level loop.
+
+    Modules none of whose tests need the session's server run first (in their usual order), so
+    that the server starts while they run."""
     e2e = os.path.join(_TESTS, "e2e") + os.sep
     for item in items:
-        if "prefect_harness" in getattr(item, "fixturenames", ()) or str(item.path).startswith(e2e):
+        if _uses_server(item) or str(item.path).startswith(e2e):
             item.add_marker(pytest.mark.slow)
+    needs_server = {item.path for item in items if _uses_server(item)}
+    items.sort(key=lambda item: item.path in needs_server)  # stable: the usual order otherwise
+
+
+def pytest_collection_finish(session):
+    if any(_uses_server(item) for item in session.items) and _SERVER.process is None:
+        _SERVER.spawn()
 
 
 _skipped: list[str] = []
@@ -91,12 +134,6 @@ _skipped: list[str] = []
 def pytest_runtest_logreport(report):
     if report.skipped and not hasattr(report, "wasxfail"):
         _skipped.append(report.nodeid)
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """No test may skip: a missing command, server or file must fail, not vanish from the run."""
-    if _skipped and exitstatus == 0:
-        session.exitstatus = 1
 
 
 def pytest_terminal_summary(terminalreporter):

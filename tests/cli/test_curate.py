@@ -22,10 +22,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("curate") / "outputs"
-    result = CliRunner().invoke(app, ["curate", "--source", "sample", "--judge", "static", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out, result.output
+    """What a new user sees: the real command in a subprocess, a new PREFECT_HOME, no Prefect
+    server configured. Its outputs are what the tests below check (one run serves them all)."""
+    base = tmp_path_factory.mktemp("curate")
+    out = base / "outputs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(base / "prefect-home")
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernelbook_cli", "curate", "--source", "sample", "--judge", "static", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    return out, output
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -108,19 +117,10 @@ def test_missing_column_exits_2_with_one_clear_message(tmp_path):
     assert "Traceback" not in result.output
 
 
-@pytest.mark.slow
-def test_first_run_on_a_fresh_prefect_home_is_clean(tmp_path):
-    """What a new user sees: the real command, a fresh PREFECT_HOME, no server configured."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    proc = subprocess.run(
-        [sys.executable, "-m", "kernelbook_cli", "curate", "--source", "sample", "--judge", "static", "--out", str(tmp_path / "out")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
+def test_first_run_on_a_fresh_prefect_home_is_clean(sample_run):
+    out, output = sample_run
     assert "Traceback" not in output and "ERROR" not in output, output
-    assert (tmp_path / "out" / "run_summary.json").is_file()
+    assert (out / "run_summary.json").is_file()
 
 
 def test_the_dataset_cards_show_this_runs_analysis(sample_run):

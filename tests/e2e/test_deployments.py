@@ -2,11 +2,13 @@
 ``re-evaluate`` flow.
 
 The integration test does what README "Operations" tells an operator to do, with the venv's
-``prefect`` command: start ``prefect server`` on a free loopback port with a temporary
-PREFECT_HOME, create the process work pool, ``prefect deploy --all`` from a copy of the
+``prefect`` command: start a Prefect server on a free loopback port with a temporary
+PREFECT_HOME (``kernelbook server start``, which runs ``prefect server start`` in the
+background), create the process work pool, ``prefect deploy --all`` from a copy of the
 repository at another path (a stand-in for a fresh clone, so nothing may depend on where the
 repository lives), trigger the curate deployment on the bundled sample with the static judge,
-and run a process worker until the run finishes. Server and worker are always stopped.
+and run a process worker until the run finishes. The same server shows that a `kernelbook` run
+uses a running local server by itself. Server and worker are always stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
-import httpx
 import polars as pl
 import pytest
 import yaml
@@ -120,9 +121,14 @@ class Ops:
         return SyncPrefectClient(self.api_url)
 
 
+def kernelbook(*args: str, env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kernelbook_cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def ops(tmp_path_factory):
-    """`prefect server start` on a free loopback port, a process work pool, and
+    """`kernelbook server start` on a free loopback port, a process work pool, and
     `prefect deploy --all` run from a copy of the repository (a stand-in for a fresh clone)."""
     base = tmp_path_factory.mktemp("ops")
     logs = base / "logs"
@@ -144,31 +150,20 @@ def ops(tmp_path_factory):
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
     }
-    server_log = logs / "server.log"
-    with server_log.open("w") as log:
-        server = subprocess.Popen(
-            [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    shutil.copytree(ROOT, clone, ignore=not_in_a_clone)
+    started = kernelbook("server", "start", "--port", str(port), env=env, cwd=clone)
     try:
-        shutil.copytree(ROOT, clone, ignore=not_in_a_clone)  # while the server starts
-        deadline = time.monotonic() + 150  # the first start migrates a new database
-        while True:
-            assert server.poll() is None, f"prefect server exited {server.returncode}:\n{tail(server_log)}"
-            try:
-                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"prefect server did not answer on {api_url}:\n{tail(server_log)}"
-            time.sleep(0.5)
+        assert started.returncode == 0, f"kernelbook server start exited {started.returncode}:\n{started.stdout}{started.stderr}"
+        assert f"http://127.0.0.1:{port}" in started.stdout
+        status = kernelbook("server", "status", env=env, cwd=clone)
+        assert status.returncode == 0 and f"http://127.0.0.1:{port}" in status.stdout, status.stdout + status.stderr
         context = Ops(api_url=api_url, env=env, clone=clone, logs=logs)
         context.prefect("work-pool", "create", POOL, "--type", "process")
         deployed = context.prefect("--no-prompt", "deploy", "--all", timeout=240)
         (logs / "deploy.log").write_text(deployed.stdout + deployed.stderr)
         yield context
     finally:
-        stop(server)
+        kernelbook("server", "stop", env=env, cwd=clone)
 
 
 def test_deploy_registers_every_deployment_with_a_pull_step_into_the_clone(ops: Ops):
@@ -241,6 +236,41 @@ def test_curate_deployment_runs_on_a_process_worker(ops: Ops):
     assert unique.height == sum(summary["datasets"]["unique"].values()) > 0
     assert (out / "rejected.jsonl").stat().st_size > 0
     assert (out / "analysis" / "report.md").is_file()
+
+
+def test_a_kernelbook_run_uses_the_running_local_server(ops: Ops, tmp_path: Path):
+    """With `kernelbook server start` running and no PREFECT_API_URL, a run reports to that
+    server (where the UI shows it) instead of starting a temporary one."""
+    env = {key: value for key, value in ops.env.items() if key != "PREFECT_API_URL"}
+    out = tmp_path / "out"
+    done = kernelbook("curate", "--source", "sample", "--judge", "static", "--no-analysis", "--out", str(out), env=env, cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert f"Using the local Prefect server at {ops.api_url}" in output
+    assert "temporary" not in output
+    assert "ERROR" not in output and "Traceback" not in output, output
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with ops.client() as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[_flow_run_name(output)])))
+    assert [run.parameters["out"] for run in runs] == [str(out)]
+    assert runs[0].state.type.value == "COMPLETED"
+
+
+def _flow_run_name(output: str) -> str:
+    return re.search(r"Beginning flow run '([^']+)' for flow 'curate'", output).group(1)
+
+
+def test_kernelbook_server_stop_stops_it(ops: Ops):
+    """Last of this module's tests on the server: `kernelbook server stop` ends it."""
+    env = ops.env
+    stopped = kernelbook("server", "stop", env=env, cwd=ops.clone)
+    assert stopped.returncode == 0 and "stopped the Prefect server" in stopped.stdout, stopped.stdout + stopped.stderr
+    status = kernelbook("server", "status", env=env, cwd=ops.clone)
+    assert status.returncode == 1 and "no kernelbook Prefect server is running" in status.stdout
+    port = int(ops.api_url.split(":")[-1].split("/")[0])
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 # --- the re-evaluate flow, in process ----------------------------------------------------------

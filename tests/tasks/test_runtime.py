@@ -1,6 +1,8 @@
-"""Prefect's local mode as a new user meets it: a fresh PREFECT_HOME, no PREFECT_API_URL.
+"""Prefect's local mode: settings, the orderly stop of Prefect's own temporary server (flows run
+from Python), and the database template a new PREFECT_HOME starts from.
 
-The subprocess test starts a real temporary Prefect server (~20-40 s on 2 busy cores).
+The CLI's own handling (its temporary server, Ctrl-C, ``kill -9``, ``kernelbook server``) is
+tested through the real command in ``tests/e2e``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import runtime
+from tasks import prefect_internals, runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 N_MAPPED = 100
@@ -63,9 +65,11 @@ FLOW_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_first_local_run_on_a_fresh_prefect_home_is_clean_and_loses_nothing(tmp_path):
+def test_a_flow_run_from_python_on_prefects_own_temporary_server_is_clean_and_loses_nothing(tmp_path):
     home = tmp_path / "prefect-home"
-    # A new user: no Prefect settings, no server, no opt-out of tracking of their own.
+    # A new user: no Prefect settings, no server, no opt-out of tracking of their own. (The
+    # database comes from the template: the test below checks it against Prefect's migrations.)
+    assert prefect_internals.seed_prefect_database(home)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "DO_NOT_TRACK"}
     env["PREFECT_HOME"] = str(home)
     env["PYTHONPATH"] = str(ROOT)
@@ -81,7 +85,7 @@ def test_first_local_run_on_a_fresh_prefect_home_is_clean_and_loses_nothing(tmp_
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     seen = json.loads(line.removeprefix("RESULT "))
     assert seen["result"] == 5 + sum(x * x for x in range(N_MAPPED))
-    assert seen["api_url"] is None  # really the ephemeral server
+    assert seen["api_url"] is None  # really Prefect's own temporary server
     assert seen["server_analytics_enabled"] is False
     assert seen["sdk_telemetry_enabled"] is False
     # Quiet: flow-run lines yes, one line per task run no.
@@ -105,6 +109,62 @@ def test_first_local_run_on_a_fresh_prefect_home_is_clean_and_loses_nothing(tmp_
         assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def _normalized_schema(db: Path) -> dict[tuple[str, str], object]:
+    """Every table, index, trigger and view, with a table's columns and constraints as a set
+    (Alembic's table rebuilds on SQLite emit constraints in no fixed order), and the migration
+    revision."""
+
+    def parts(body: str) -> frozenset[str]:
+        items, depth, current = [], 0, ""
+        for char in body:
+            depth += (char == "(") - (char == ")")
+            if char == "," and depth == 0:
+                items.append(current.strip())
+                current = ""
+            else:
+                current += char
+        items.append(current.strip())
+        return frozenset(" ".join(item.split()) for item in items)
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall()
+        revision = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+    schema: dict[tuple[str, str], object] = {}
+    for kind, name, sql in rows:
+        if kind == "table" and sql:
+            schema[(kind, name)] = parts(sql[sql.index("(") + 1 : sql.rindex(")")])
+        else:
+            schema[(kind, name)] = " ".join((sql or "").split())
+    schema[("revision", "alembic")] = revision
+    return schema
+
+
+def test_the_database_template_is_what_prefects_own_migrations_make(prefect_harness, tmp_path):
+    """The session's server migrated its new database with Prefect's own migrations; a database
+    made from the template of the installed version must have exactly that schema. Fails after a
+    Prefect upgrade until `uv run python scripts/prefect_db_template.py` is run."""
+    from tests.conftest import session_database
+
+    assert prefect_internals.template_path().is_file(), (
+        f"no database template for the installed Prefect ({prefect_internals.template_path().name}): "
+        "run `uv run python scripts/prefect_db_template.py`"
+    )
+    assert prefect_internals.seed_prefect_database(tmp_path)
+    assert _normalized_schema(tmp_path / "prefect.db") == _normalized_schema(Path(session_database())), (
+        "the database template differs from what Prefect's migrations make: run `uv run python scripts/prefect_db_template.py`"
+    )
+    # Seeding never touches an existing database.
+    before = (tmp_path / "prefect.db").stat().st_mtime_ns
+    assert not prefect_internals.seed_prefect_database(tmp_path)
+    assert (tmp_path / "prefect.db").stat().st_mtime_ns == before
+
+
+def test_seeding_leaves_a_database_moved_elsewhere_to_prefect(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{tmp_path}/other.db")
+    assert not prefect_internals.seed_prefect_database(tmp_path)
+    assert not (tmp_path / "prefect.db").exists()
+
+
 def test_a_users_own_settings_win_and_defaults_fill_the_rest(monkeypatch):
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     monkeypatch.delenv("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", raising=False)
@@ -119,7 +179,7 @@ def test_configuring_after_prefect_was_imported_says_which_defaults_prefect_miss
     import prefect  # noqa: F401
 
     monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # (the session's server sets it)
     with pytest.warns(RuntimeWarning, match="PREFECT_SERVER_ANALYTICS_ENABLED"):
         runtime.configure_prefect_env()
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
-

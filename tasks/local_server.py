@@ -1,0 +1,324 @@
+"""The Prefect servers this project starts on 127.0.0.1.
+
+* :class:`TemporaryServer`: the server one CLI run uses when no Prefect API is configured (it
+  replaces Prefect's own temporary server, see ``tasks/runtime.py`` for why). It is started
+  before the CLI imports the flows, so its start overlaps the imports; it runs in its own
+  session, so a terminal's Ctrl-C reaches only the CLI, which then stops it in order; and it
+  watches its parent, so it exits when the CLI dies, even by ``kill -9``.
+  :func:`main` (``--fd N --parent PID``) is its process.
+* :class:`LocalServer`: ``kernelbook server start|stop|status``, a ``prefect server start`` that
+  outlives runs (with the UI), recorded in ``PREFECT_HOME/kernelbook-server.json``; CLI runs use
+  it when it is running.
+
+Both serve Prefect's own application (``prefect.server.api.server.create_app``) on the
+database under ``PREFECT_HOME``. This module imports prefect only in the server process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+#: How often the temporary server checks that its parent is alive.
+PARENT_POLL_S = 0.5
+#: After its parent died, the temporary server's orderly stop may take this long; then it exits.
+ORPHAN_EXIT_S = 10.0
+
+
+def healthy(api_url: str, timeout: float = 1.0) -> bool:
+    """Whether a Prefect API answers ``GET /health`` with 200 at ``api_url``."""
+    import urllib.request  # here: this module is imported at every CLI start
+
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def prefect_home() -> Path:
+    """PREFECT_HOME as Prefect resolves it when only the environment sets it (the default
+    otherwise), without importing prefect."""
+    return Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+
+
+def _process_started(pid: int) -> float | None:
+    """When process ``pid`` started (None if there is no such live process)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:  # exited, not yet collected by its parent
+            return None
+        return process.create_time()
+    except psutil.Error:
+        return None
+
+
+def _pid_alive(pid: int, started: float | None = None) -> bool:
+    """Whether ``pid`` runs (and, given its start time, is still the same process)."""
+    now_started = _process_started(pid)
+    return now_started is not None and (started is None or abs(now_started - started) < 1.0)
+
+
+# --- the temporary server ---------------------------------------------------------------------
+
+
+class TemporaryServer:
+    """A Prefect server for the lifetime of this process, on a free loopback port.
+
+    :meth:`spawn` returns at once (the port is bound here and handed to the server process, so
+    it is known, and nobody else can take it, before the server has even imported Prefect);
+    :meth:`wait_ready` waits until it answers; :meth:`stop` stops it.
+    """
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port: int | None = None
+        self.spawned_at: float | None = None
+        self.ready_at: float | None = None
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.address}/api"
+
+    def spawn(self, env: dict[str, str] | None = None) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+            server_env = dict(os.environ if env is None else env)
+            # No UI on a server that lives for one run (what Prefect's temporary server does too).
+            server_env["PREFECT_UI_ENABLED"] = "false"
+            self.process = subprocess.Popen(
+                # `-c`, not `-m tasks.local_server`: the `tasks` package imports this module first.
+                [sys.executable, "-c", "from tasks.local_server import main; main()",
+                 "--fd", str(sock.fileno()), "--parent", str(os.getpid())],
+                pass_fds=(sock.fileno(),),
+                env=server_env,
+                stdin=subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C (SIGINT to the foreground process group)
+                # reaches the CLI only, which then stops the server after the run has ended.
+                start_new_session=True,
+            )
+            self.spawned_at = time.monotonic()
+        finally:
+            sock.close()  # the server process has its own copy
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the server answers; RuntimeError if it exits or ``timeout`` passes."""
+        if self.ready_at is not None:
+            return
+        assert self.process is not None, "spawn() first"
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"the temporary Prefect server exited with code {code} before it answered "
+                    "(its own messages are above)"
+                )
+            if healthy(self.api_url, timeout=2.0):
+                self.ready_at = time.monotonic()
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the temporary Prefect server did not answer on {self.address} within {timeout:.0f} s "
+                    "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)"
+                )
+            time.sleep(0.05)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM (its services stop in order), then SIGKILL after ``grace_s``."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            try:
+                process.terminate()
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            except ProcessLookupError:
+                pass
+
+
+def _exit_when_parent_dies(parent: int) -> None:
+    """In the server process: when ``parent`` is gone (even killed with SIGKILL, which leaves
+    it no chance to stop us), stop in order (SIGTERM to ourselves), and exit regardless after
+    :data:`ORPHAN_EXIT_S`."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_EXIT_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def serve_temporary(fd: int, parent: int) -> None:
+    """The temporary server's process: Prefect's app, as Prefect's own temporary server runs
+    it (``ephemeral``: only the services a temporary server needs), on the inherited socket."""
+    if os.getppid() != parent:  # the parent died before we got here
+        return
+    _exit_when_parent_dies(parent)
+
+    import uvicorn
+
+    from prefect.server.api.server import create_app
+
+    sock = socket.socket(fileno=fd)
+    config = uvicorn.Config(create_app(ephemeral=True, final=True), log_level="error", lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+# --- the local server that outlives runs -----------------------------------------------------
+
+STATE_FILE = "kernelbook-server.json"
+LOG_FILE = "kernelbook-server.log"
+DEFAULT_PORT = 4200
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    pid: int
+    port: int
+    started: float | None = None  # the process's start time: a reused pid is not our server
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.address}/api"
+
+
+class LocalServer:
+    """``prefect server start`` in the background, for this PREFECT_HOME.
+
+    ``prefect server start --background`` exists, but keeps the server's output in pipes nobody
+    reads and records no port; this starts the same server with its output in
+    ``PREFECT_HOME/kernelbook-server.log`` and records its process and port.
+    """
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home or prefect_home()
+        self.state_path = self.home / STATE_FILE
+        self.log_path = self.home / LOG_FILE
+
+    def record(self) -> ServerRecord | None:
+        """The recorded server if its process is alive (a stale record is removed)."""
+        try:
+            data = json.loads(self.state_path.read_text())
+            record = ServerRecord(pid=int(data["pid"]), port=int(data["port"]), started=data.get("started"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not _pid_alive(record.pid, record.started):
+            self.state_path.unlink(missing_ok=True)
+            return None
+        return record
+
+    def running(self, timeout: float = 1.0) -> ServerRecord | None:
+        """The recorded server if it is alive and answers."""
+        record = self.record()
+        return record if record is not None and healthy(record.api_url, timeout=timeout) else None
+
+    def start(self, port: int = DEFAULT_PORT, timeout: float = 180.0, env: dict[str, str] | None = None) -> ServerRecord:
+        """Start it (a running one is returned as is). ValueError if ``port`` is taken;
+        RuntimeError if it exits or does not answer within ``timeout`` (first start migrates
+        a new database)."""
+        current = self.record()
+        if current is not None:
+            return current
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise ValueError(f"port {port} on 127.0.0.1 is in use; choose another with --port") from None
+        self.home.mkdir(parents=True, exist_ok=True)
+        if self.home == prefect_home():
+            from tasks.prefect_internals import seed_prefect_database
+
+            seed_prefect_database(self.home)  # a new home: no 115 migrations at the first start
+        prefect = Path(sys.executable).with_name("prefect")
+        command = [str(prefect)] if prefect.exists() else [sys.executable, "-m", "prefect"]
+        with self.log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [*command, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                env=dict(os.environ if env is None else env),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # not stopped by this terminal's Ctrl-C or its closing
+            )
+        record = ServerRecord(pid=process.pid, port=port, started=_process_started(process.pid))
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": record.pid, "port": record.port, "started": record.started}))
+        os.replace(tmp, self.state_path)
+        deadline = time.monotonic() + timeout
+        while not healthy(record.api_url):
+            code = process.poll()
+            if code is not None or time.monotonic() > deadline:
+                self.stop()
+                why = f"exited with code {code}" if code is not None else f"did not answer within {timeout:.0f} s"
+                raise RuntimeError(f"the Prefect server {why}; its log: {self.log_path}")
+            time.sleep(0.2)
+        return record
+
+    def stop(self, grace_s: float = 20.0) -> ServerRecord | None:
+        """Stop the recorded server (SIGTERM to its process group, SIGKILL after ``grace_s``);
+        the record it stopped, or None if none was running."""
+        record = self.record()
+        if record is not None:
+            try:
+                os.killpg(record.pid, signal.SIGTERM)
+                deadline = time.monotonic() + grace_s
+                while _pid_alive(record.pid, record.started) and time.monotonic() < deadline:
+                    _reap(record.pid)
+                    time.sleep(0.1)
+                if _pid_alive(record.pid, record.started):
+                    os.killpg(record.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.state_path.unlink(missing_ok=True)
+        return record
+
+
+def _reap(pid: int) -> None:
+    """Collect ``pid``'s exit status if it is our child (else it stays a zombie and looks alive)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The temporary Prefect server of one kernelbook run.")
+    parser.add_argument("--fd", type=int, required=True, help="file descriptor of the bound listening socket")
+    parser.add_argument("--parent", type=int, required=True, help="process id to exit with")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    serve_temporary(args.fd, args.parent)
+
+
+if __name__ == "__main__":
+    main()
