@@ -96,6 +96,10 @@ def pytest_sessionfinish(session, exitstatus):
     """No test may skip: a missing command, server or file must fail, not vanish from the run."""
     if _skipped and exitstatus == 0:
         session.exitstatus = 1
+    if _SERVER.process is not None and os.environ.get("PREFECT_API_URL") == _SERVER.api_url:
+        from tasks.runtime import _settle_records
+
+        _settle_records(max_wait_s=30)  # the server records what the last tests sent before it stops
     _SERVER.stop()
 
 
