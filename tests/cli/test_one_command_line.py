@@ -114,3 +114,23 @@ def test_reevaluate_runs_once_and_prints_the_curate_summary(tmp_path):
     assert format_table(RunSummary.model_validate(summary)) in result.output
     assert "not published: add --publish to upload" in result.output
     assert not outlock.lock_path(out, "re-evaluate").exists()  # the CLI's lock on --out is released
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_publish_reads_the_repo_variables_but_not_for_a_single_repo(tmp_path, monkeypatch):
+    """The options read HF_*_REPO (shown in --help); with --single-repo those variables do not
+    apply, as before, while a --*-repo typed with it is still refused."""
+    from tests.fixtures.hub_server import HubStandIn
+    from tests.lib.test_cards import write_out
+
+    out = write_out(tmp_path / "out")
+    monkeypatch.setenv("HF_FILTERED_REPO", "team/kb-filtered")
+    with HubStandIn("hf_unused") as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        named = CliRunner().invoke(app, ["publish", "--input", str(out)])
+        single = CliRunner().invoke(app, ["publish", "--input", str(out), "--single-repo", "team/kb"])
+        both = CliRunner().invoke(app, ["publish", "--input", str(out), "--single-repo", "team/kb", "--filtered-repo", "me/f"])
+    assert server.requests == []
+    assert named.exit_code == 0 and "dry run: nothing was uploaded" in named.output, named.output
+    assert single.exit_code == 0 and "dry run: nothing was uploaded" in single.output, single.output
+    assert both.exit_code == 2 and "do not also pass --filtered-repo" in both.output, both.output
