@@ -1,7 +1,9 @@
-"""The ``kernelbook`` command line: one sub-command per flow.
+"""The ``kernelbook`` command line: one sub-command per flow (``re-evaluate`` included; ``python -m
+flows.x`` calls it from the flow module's ``__main__`` block).
 
-Flows (and so Prefect, ~4 s to import) are imported only when a command runs, so ``--help``
-is instant. A :class:`~kernelbook_lib.errors.UserError` ends the run with one clear line on
+Each flow command's options are built from the flow's parameter model in
+:mod:`kernelbook_lib.params` (default, help, choices), never declared a second time here. Flows
+(and so Prefect, ~4 s to import) are imported only when a command runs, so ``--help`` is quick. A :class:`~kernelbook_lib.errors.UserError` ends the run with one clear line on
 stderr and its exit code (2 for a user mistake), never a traceback.
 """
 
@@ -34,6 +36,7 @@ from kernelbook_lib.params import (
 
 def _all_subclasses(cls: type) -> list[type]:
     return [sub for direct in cls.__subclasses__() for sub in (direct, *_all_subclasses(direct))]
+
 
 app = typer.Typer(
     name="kernelbook",
