@@ -16,14 +16,14 @@ every other verdict. The static judge is deterministic and cheap, so it simply r
 filtered/unique datasets, the split and the analysis are recomputed from all rows each time,
 which keeps them consistent (a problem never changes split when the source grows).
 
-    python -m flows.reevaluate --source sample --judge static --out outputs [--publish]
+    kernelbook re-evaluate --source sample --judge static --out outputs [--publish]
+    python -m flows.reevaluate ...   (the same command)
 """
 
 from __future__ import annotations
 
 import tasks  # noqa: F401  (Prefect environment defaults, before prefect is imported)
 
-import argparse
 import sys
 import typing
 from pathlib import Path
@@ -94,39 +94,9 @@ def reevaluate(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.reevaluate``: run the flow once; a user error is one line, exit 2."""
-    from kernelbook_lib.errors import UserError
-
-    judges = typing.get_args(CurateJudge)
-    parser = argparse.ArgumentParser(prog="python -m flows.reevaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", default=DEFAULT_SOURCE)
-    parser.add_argument("--split", default="train", choices=typing.get_args(SplitName))
-    parser.add_argument("--judge", default="auto", choices=judges)
-    parser.add_argument("--out", default="outputs")
-    parser.add_argument("--publish", action="store_true", help="upload to the Hub at the end (needs HF_TOKEN)")
-    parser.add_argument("--public", dest="private", action="store_false", help="create public repos (default private)")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
-    parser.add_argument("--group-by", default="problem_id", choices=typing.get_args(GroupBy))
-    parser.add_argument("--max-judge-failure-rate", type=float, default=None)
-    parser.add_argument("--near-dup", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--near-dup-threshold", type=float, default=DEFAULT_NEAR_DUP_THRESHOLD)
-    parser.add_argument("--decontaminate", action="append", default=None, metavar="SRC")
-    parser.add_argument("--single-repo", default=None, metavar="OWNER/NAME")
-    parser.add_argument("--task-runner", default="default", choices=typing.get_args(TaskRunnerKind))
-    parser.add_argument("--dask-address", default=None)
-    args = parser.parse_args(argv)
-    try:
-        result = reevaluate(**vars(args))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"re-evaluated into {result['out']} (report: {result['analysis_report']})")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m flows.reevaluate ...` is `kernelbook re-evaluate ...`: the same options, checks,
+    # lock and summary. The CLI is imported here only; the flow never depends on it.
+    from kernelbook_cli import main
+
+    main(["re-evaluate", *sys.argv[1:]])

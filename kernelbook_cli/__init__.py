@@ -1,7 +1,9 @@
-"""The ``kernelbook`` command line: one sub-command per flow.
+"""The ``kernelbook`` command line: one sub-command per flow (``re-evaluate`` included; ``python -m
+flows.x`` calls it from the flow module's ``__main__`` block).
 
-Flows (and so Prefect, ~4 s to import) are imported only when a command runs, so ``--help``
-is instant. A :class:`~kernelbook_lib.errors.UserError` ends the run with one clear line on
+Each flow command's options are built from the flow's parameter model in
+:mod:`kernelbook_lib.params` (default, help, choices), never declared a second time here. Flows
+(and so Prefect, ~4 s to import) are imported only when a command runs, so ``--help`` is quick. A :class:`~kernelbook_lib.errors.UserError` ends the run with one clear line on
 stderr and its exit code (2 for a user mistake), never a traceback.
 """
 
@@ -11,14 +13,26 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import Enum
+from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from pydantic import BaseModel
 from typer.core import TyperGroup
 
 from kernelbook_lib.errors import UserError
+from kernelbook_lib.params import (
+    Backend,
+    CurateParams,
+    GenerateParams,
+    GroupBy,
+    Judge,
+    ReevaluateParams,
+    RunnerParams,
+    SplitName,
+    TaskRunner,
+)
 
 
 def _all_subclasses(cls: type) -> list[type]:
@@ -57,58 +71,49 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"kernelbook-curator {metadata.version('kernelbook-curator')} (prefect {metadata.version('prefect')})")
+        raise typer.Exit()
+
+
 @app.callback()
-def _group() -> None:
+def _group(
+    version: Annotated[bool, typer.Option("--version", help="Print the versions of kernelbook-curator and Prefect, and exit.", callback=_print_version, is_eager=True)] = False,
+) -> None:
     """Curate LLM eval rollouts of Triton kernels into judged, deduplicated, leak-free SFT datasets."""
 
 
-class Split(str, Enum):
-    train = "train"
-    validation = "validation"
-    all = "all"
+def _option(model: type[BaseModel], name: str, *flags: str, **extra: Any) -> Any:
+    """A typer option declared by the field ``name`` of a flow's parameter model: its default and
+    help text come from the model, so the CLI, the flows and ``prefect.yaml`` share one
+    declaration (choices come from the field's ``Literal`` type, which the command's annotation
+    names). Bounds are not repeated here: the preflight checks them against the model, and a
+    value out of range is one line naming the option, like every other mistake."""
+    field = model.model_fields[name]
+    return typer.Option(field.default, *flags, help=field.description, **extra)
 
 
-class JudgeChoice(str, Enum):
-    auto = "auto"
-    static = "static"
-    llm = "llm"
+def _task_runner_option() -> Any:
+    return _option(RunnerParams, "task_runner", "--task-runner")
 
 
-class TaskRunnerChoice(str, Enum):
-    default = "default"
-    dask = "dask"
+def _dask_address_option() -> Any:
+    return _option(RunnerParams, "dask_address", "--dask-address")
 
 
-TaskRunnerOption = Annotated[
-    TaskRunnerChoice,
-    typer.Option("--task-runner", help="default: threads in this process; dask: a local Dask cluster (one worker process per core) or --dask-address. Spreads the static judge over cores; the LLM stage is bound by its concurrency limit, not CPU."),
-]
-DaskAddressOption = Annotated[Optional[str], typer.Option("--dask-address", help="Scheduler address of an existing Dask cluster (with --task-runner dask).")]
-
-
-def run_with_runner(fn, runner: TaskRunnerChoice, address: str | None, **kwargs):
+def run_with_runner(fn, runner: TaskRunner, address: str | None, **kwargs):
     """Run a flow on the chosen task runner (see tasks/runners.py)."""
-    if runner == TaskRunnerChoice.default and address is None:
+    if runner == "default" and address is None:
         return run_flow(fn, **kwargs)
     from tasks.runners import task_runner_session
 
     try:
-        with task_runner_session(runner.value, address) as task_runner:
+        with task_runner_session(runner, address) as task_runner:
             return run_flow(fn.with_options(task_runner=task_runner), **kwargs)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
-
-
-class GroupBy(str, Enum):
-    problem_id = "problem_id"
-    module_name = "module_name"
-    family_id = "family_id"
-
-
-NearDupOption = Annotated[bool, typer.Option("--near-dup/--no-near-dup", help="Group near-duplicate modules into families (MinHash over a normalised form of the code); --no-near-dup makes every problem its own family.")]
-NearDupThresholdOption = Annotated[float, typer.Option("--near-dup-threshold", help="Similarity (Jaccard of the normalised modules' shingles, above 0 and at most 1) at which two modules are one family, or a row copies a benchmark item.", min=0.0, max=1.0)]
-DecontaminateOption = Annotated[Optional[list[str]], typer.Option("--decontaminate", metavar="SRC", help="An evaluation benchmark (local .parquet/.jsonl file or folder, or a Hub dataset id such as ScalingIntelligence/KernelBench) whose items must not be copied: matching rows are removed as 'contaminated'. Repeatable.")]
 
 
 class _HideUserErrors(logging.Filter):
@@ -150,7 +155,7 @@ def run_flow(fn, **kwargs):
 
 
 @contextmanager
-def _checked_and_locked(pipeline: str, values: dict, task_runner: TaskRunnerChoice, dask_address: str | None) -> Iterator[None]:
+def _checked_and_locked(pipeline: str, values: dict, task_runner: TaskRunner, dask_address: str | None) -> Iterator[None]:
     """Before Prefect starts (a mistake costs no server start): check the options, ``.env`` and
     the settings, then lock ``--out`` for the whole command (the flow takes the same lock again,
     for deployments; in this process that only counts a level). A mistake or a folder in use
@@ -158,7 +163,7 @@ def _checked_and_locked(pipeline: str, values: dict, task_runner: TaskRunnerChoi
     from kernelbook_lib import outlock, params
 
     try:
-        params.validate_params("task-runner", {"task_runner": task_runner.value, "dask_address": dask_address})
+        params.validate_params("task-runner", {"task_runner": task_runner, "dask_address": dask_address})
         checked = params.preflight(pipeline, values)
         stale = outlock.acquire(values["out"], pipeline)
     except UserError as exc:
@@ -189,51 +194,102 @@ def _summary_of_a_failed_run(summary_path: Path, show) -> Iterator[None]:
         raise
 
 
+def _show_curate_summary(summary: dict) -> None:
+    """The run's table (rows in, kept, dropped with reasons, per stage), LLM use and warnings."""
+    from kernelbook_lib.summary import RunSummary, format_llm, format_table
+
+    summary = RunSummary.model_validate(summary)
+    typer.echo(format_table(summary))
+    if summary.llm:
+        typer.echo(format_llm(summary.llm))
+    for warning in summary.warnings:
+        typer.echo(f"warning: {warning}")
+
+
 @app.command()
 def curate(
-    source: Annotated[str, typer.Option(help="'sample' (bundled synthetic sample), a local .parquet/.jsonl file or folder, or a Hub dataset id.")] = "siro1/kernelbook-glm4-evals",
-    split: Annotated[Split, typer.Option(help="Source split to read (the original used train).")] = Split.train,
-    threshold: Annotated[float, typer.Option(help="Keep rows with reward strictly above this.")] = 0.85,
-    judge: Annotated[JudgeChoice, typer.Option(help="llm: the LLM judge (needs PRIME_API_KEY); static: the offline AST heuristic; auto: llm when a key is configured, else static.")] = JudgeChoice.auto,
-    limit: Annotated[Optional[int], typer.Option(help="Keep only the first N rows that pass the filter (test mode).", min=1)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the family-grouped train/validation split.")] = 42,
-    val_fraction: Annotated[float, typer.Option(help="Share of near-duplicate families (problems with --no-near-dup) in validation.")] = 0.1,
-    group_by: Annotated[GroupBy, typer.Option(help="Dedupe key: problem_id (default), family_id (one rollout per near-duplicate family) or module_name (the original's grouping).")] = GroupBy.problem_id,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("outputs"),
-    analysis: Annotated[bool, typer.Option("--analysis/--no-analysis", help="Run the analysis (statistics, plots, report) at the end.")] = True,
-    refresh_judge: Annotated[bool, typer.Option("--refresh-judge", help="Ignore cached LLM judgements and call again (the new replies replace the cached ones).")] = False,
-    max_judge_failure_rate: Annotated[float, typer.Option(help="Exit non-zero (after writing everything) when more than this share of rows could not be judged.", min=0.0, max=1.0)] = 0.01,
-    near_dup: NearDupOption = True,
-    near_dup_threshold: NearDupThresholdOption = 0.7,
-    decontaminate: DecontaminateOption = None,
-    task_runner: TaskRunnerOption = TaskRunnerChoice.default,
-    dask_address: DaskAddressOption = None,
+    source: str = _option(CurateParams, "source"),
+    split: SplitName = _option(CurateParams, "split"),
+    threshold: float = _option(CurateParams, "threshold"),
+    judge: Judge = _option(CurateParams, "judge"),
+    limit: Optional[int] = _option(CurateParams, "limit"),
+    seed: int = _option(CurateParams, "seed"),
+    val_fraction: float = _option(CurateParams, "val_fraction"),
+    group_by: GroupBy = _option(CurateParams, "group_by"),
+    out: Path = _option(CurateParams, "out"),
+    analysis: bool = _option(CurateParams, "analysis", "--analysis/--no-analysis"),
+    refresh_judge: bool = _option(CurateParams, "refresh_judge", "--refresh-judge"),
+    max_judge_failure_rate: float = _option(CurateParams, "max_judge_failure_rate"),
+    near_dup: bool = _option(CurateParams, "near_dup", "--near-dup/--no-near-dup"),
+    near_dup_threshold: float = _option(CurateParams, "near_dup_threshold"),
+    decontaminate: Optional[list[str]] = _option(CurateParams, "decontaminate", "--decontaminate", metavar="SRC"),
+    task_runner: TaskRunner = _task_runner_option(),
+    dask_address: Optional[str] = _dask_address_option(),
 ) -> None:
     """Load, group near-duplicate families, filter, decontaminate, judge, dedupe, split and export (the filtered and unique datasets)."""
+    out = Path(out)
     values = dict(
-        source=source, split=split.value, threshold=threshold, judge=judge.value, limit=limit,
-        seed=seed, val_fraction=val_fraction, group_by=group_by.value, out=str(out), analysis=analysis,
+        source=source, split=split, threshold=threshold, judge=judge, limit=limit,
+        seed=seed, val_fraction=val_fraction, group_by=group_by, out=str(out), analysis=analysis,
         refresh_judge=refresh_judge, max_judge_failure_rate=max_judge_failure_rate,
         near_dup=near_dup, near_dup_threshold=near_dup_threshold, decontaminate=list(decontaminate or []),
     )
     with _checked_and_locked("curate", values, task_runner, dask_address):
         from flows.curate import curate as curate_flow
         from kernelbook_lib.export import SUMMARY_FILE
-        from kernelbook_lib.summary import RunSummary, format_llm, format_table
 
-        def show(summary: RunSummary | dict) -> None:
-            summary = RunSummary.model_validate(summary)
-            typer.echo(format_table(summary))
-            if summary.llm:
-                typer.echo(format_llm(summary.llm))
-            for warning in summary.warnings:
-                typer.echo(f"warning: {warning}")
-
-        with _summary_of_a_failed_run(out / SUMMARY_FILE, show):
+        with _summary_of_a_failed_run(out / SUMMARY_FILE, _show_curate_summary):
             result = run_with_runner(curate_flow, task_runner, dask_address, **values)
     typer.echo("")
-    show(result)
+    _show_curate_summary(result)
     typer.echo(f"outputs in {out}/ (filtered/, unique/, rejected.jsonl, run_summary.json{', analysis/' if analysis else ''})")
+
+
+@app.command("re-evaluate")
+def re_evaluate(
+    source: str = _option(ReevaluateParams, "source"),
+    split: SplitName = _option(ReevaluateParams, "split"),
+    judge: Judge = _option(ReevaluateParams, "judge"),
+    out: Path = _option(ReevaluateParams, "out"),
+    publish: bool = _option(ReevaluateParams, "publish", "--publish"),
+    private: bool = _option(ReevaluateParams, "private", "--private/--public"),
+    threshold: float = _option(ReevaluateParams, "threshold"),
+    limit: Optional[int] = _option(ReevaluateParams, "limit"),
+    seed: int = _option(ReevaluateParams, "seed"),
+    val_fraction: float = _option(ReevaluateParams, "val_fraction"),
+    group_by: GroupBy = _option(ReevaluateParams, "group_by"),
+    max_judge_failure_rate: Optional[float] = _option(ReevaluateParams, "max_judge_failure_rate"),
+    near_dup: bool = _option(ReevaluateParams, "near_dup", "--near-dup/--no-near-dup"),
+    near_dup_threshold: float = _option(ReevaluateParams, "near_dup_threshold"),
+    decontaminate: Optional[list[str]] = _option(ReevaluateParams, "decontaminate", "--decontaminate", metavar="SRC"),
+    single_repo: Optional[str] = _option(ReevaluateParams, "single_repo", "--single-repo", metavar="OWNER/NAME"),
+    task_runner: TaskRunner = _option(ReevaluateParams, "task_runner", "--task-runner"),
+    dask_address: Optional[str] = _option(ReevaluateParams, "dask_address", "--dask-address"),
+) -> None:
+    """The scheduled refresh, run once: re-curate (re-judging only what changed), refresh the analysis, and publish with --publish."""
+    out = Path(out)
+    values = dict(
+        source=source, split=split, judge=judge, out=str(out), publish=publish, private=private,
+        threshold=threshold, limit=limit, seed=seed, val_fraction=val_fraction, group_by=group_by,
+        max_judge_failure_rate=max_judge_failure_rate, near_dup=near_dup, near_dup_threshold=near_dup_threshold,
+        decontaminate=list(decontaminate or []), single_repo=single_repo,
+        task_runner=task_runner, dask_address=dask_address,
+    )
+    with _checked_and_locked("re-evaluate", values, task_runner, dask_address):
+        from flows.reevaluate import reevaluate as reevaluate_flow
+        from kernelbook_lib.export import SUMMARY_FILE
+
+        # The flow opens the task runner for its curate subflow itself (as in a deployment).
+        with _summary_of_a_failed_run(out / SUMMARY_FILE, _show_curate_summary):
+            result = run_flow(reevaluate_flow, **values)
+    typer.echo("")
+    _show_curate_summary(result["summary"])
+    typer.echo(f"outputs in {out}/ (filtered/, unique/, rejected.jsonl, run_summary.json, analysis/; report: {result['analysis_report']})")
+    if result["published"] is None:
+        typer.echo("not published: add --publish to upload")
+    else:
+        for commit in result["published"]["commits"]:
+            typer.echo(f"{commit['kind']}: {commit['repo_id']} commit {commit['commit_url']} tag {commit['tag']}")
 
 
 @app.command()
@@ -257,16 +313,24 @@ def analyze(
 
 @app.command()
 def publish(
+    ctx: typer.Context,
     input: Annotated[Path, typer.Option("--input", help="A curate output folder.")] = Path("outputs"),
     push: Annotated[bool, typer.Option("--push", help="Upload for real (needs HF_TOKEN or `hf auth login`) and tag the commit; the default is a dry run.")] = False,
     private: Annotated[bool, typer.Option("--private/--public", help="Visibility of repos the push creates.")] = True,
-    filtered_repo: Annotated[Optional[str], typer.Option(help="owner/name of the filtered dataset repo (default: HF_FILTERED_REPO).")] = None,
-    unique_repo: Annotated[Optional[str], typer.Option(help="owner/name of the unique dataset repo (default: HF_UNIQUE_REPO).")] = None,
-    synthetic_repo: Annotated[Optional[str], typer.Option(help="owner/name of the synthetic prompts repo (default: HF_SYNTHETIC_REPO).")] = None,
+    filtered_repo: Annotated[Optional[str], typer.Option(envvar="HF_FILTERED_REPO", help="owner/name of the filtered dataset repo (or HF_FILTERED_REPO in .env).")] = None,
+    unique_repo: Annotated[Optional[str], typer.Option(envvar="HF_UNIQUE_REPO", help="owner/name of the unique dataset repo (or HF_UNIQUE_REPO in .env).")] = None,
+    synthetic_repo: Annotated[Optional[str], typer.Option(envvar="HF_SYNTHETIC_REPO", help="owner/name of the synthetic prompts repo (or HF_SYNTHETIC_REPO in .env).")] = None,
     single_repo: Annotated[Optional[str], typer.Option(help="owner/name of ONE dataset repo holding filtered, unique and synthetic as configs (instead of a repo each).")] = None,
 ) -> None:
     """Validate the datasets and publish them to the Hugging Face Hub (a dry run unless --push)."""
     from flows.publish import publish as publish_flow
+
+    if single_repo:  # HF_*_REPO do not apply to a single repo (only a --*-repo given with it is refused)
+        from_env = {name for name in ("filtered_repo", "unique_repo", "synthetic_repo") if getattr(ctx.get_parameter_source(name), "name", None) == "ENVIRONMENT"}
+        filtered_repo, unique_repo, synthetic_repo = (
+            None if name in from_env else value
+            for name, value in (("filtered_repo", filtered_repo), ("unique_repo", unique_repo), ("synthetic_repo", synthetic_repo))
+        )
 
     result = run_flow(
         publish_flow, input=str(input), push=push, private=private,
@@ -278,29 +342,24 @@ def publish(
         typer.echo(f"{commit['kind']}: {commit['repo_id']} commit {commit['commit_url']} tag {commit['tag']}")
 
 
-class Backend(str, Enum):
-    auto = "auto"
-    llm = "llm"
-    template = "template"
-
-
 @app.command("generate-prompts")
 def generate_prompts(
-    source: Annotated[str, typer.Option(help="'sample' (bundled synthetic KernelBook sample), a local .parquet/.jsonl file or folder, or a Hub dataset id; KernelBook schema (module_name, python_code) or eval schema (info.*).")] = "GPUMODE/KernelBook",
-    split: Annotated[Split, typer.Option(help="Source split to read (KernelBook has train only).")] = Split.train,
-    backend: Annotated[Backend, typer.Option(help="llm: specifications written by GENERATOR_MODEL (needs PRIME_API_KEY); template: offline, built from the module's syntax tree; auto: llm when a key is configured, else template.")] = Backend.auto,
-    limit: Annotated[Optional[int], typer.Option(help="Generate for the first N families (distinct problems with --no-near-dup) only (test mode).", min=1)] = None,
-    out: Annotated[Path, typer.Option(help="Output folder (may be curate's: only the synthetic* outputs are written).")] = Path("outputs"),
-    refresh: Annotated[bool, typer.Option("--refresh", help="Ignore cached LLM replies and call again (the new replies replace the cached ones).")] = False,
-    near_dup: Annotated[bool, typer.Option("--near-dup/--no-near-dup", help="One specification per near-duplicate family (default), or with --no-near-dup one per distinct problem.")] = True,
-    near_dup_threshold: NearDupThresholdOption = 0.7,
-    decontaminate: DecontaminateOption = None,
-    task_runner: TaskRunnerOption = TaskRunnerChoice.default,
-    dask_address: DaskAddressOption = None,
+    source: str = _option(GenerateParams, "source"),
+    split: SplitName = _option(GenerateParams, "split"),
+    backend: Backend = _option(GenerateParams, "backend"),
+    limit: Optional[int] = _option(GenerateParams, "limit"),
+    out: Path = _option(GenerateParams, "out"),
+    refresh: bool = _option(GenerateParams, "refresh", "--refresh"),
+    near_dup: bool = _option(GenerateParams, "near_dup", "--near-dup/--no-near-dup"),
+    near_dup_threshold: float = _option(GenerateParams, "near_dup_threshold"),
+    decontaminate: Optional[list[str]] = _option(GenerateParams, "decontaminate", "--decontaminate", metavar="SRC"),
+    task_runner: TaskRunner = _task_runner_option(),
+    dask_address: Optional[str] = _dask_address_option(),
 ) -> None:
     """Write a task specification for every near-duplicate family (or distinct problem) of PyTorch modules (the synthetic prompts dataset)."""
+    out = Path(out)
     values = dict(
-        source=source, split=split.value, backend=backend.value, limit=limit, out=str(out), refresh=refresh,
+        source=source, split=split, backend=backend, limit=limit, out=str(out), refresh=refresh,
         near_dup=near_dup, near_dup_threshold=near_dup_threshold, decontaminate=list(decontaminate or []),
     )
     with _checked_and_locked("generate-prompts", values, task_runner, dask_address):

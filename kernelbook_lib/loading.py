@@ -24,9 +24,9 @@ from kernelbook_lib.ledger import StageResult, rejections
 from kernelbook_lib.progress import Progress
 from kernelbook_lib.text import extract_answer, problem_id
 
-DEFAULT_SOURCE = "siro1/kernelbook-glm4-evals"
+from kernelbook_lib.defaults import DEFAULT_SOURCE, SplitName  # noqa: E402,F401
+
 SAMPLE_PATH = Path(__file__).parent / "data" / "evals_sample.parquet"
-SplitName = Literal["train", "validation", "all"]
 SPLITS: tuple[str, ...] = ("train", "validation")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -66,8 +66,7 @@ MINHASH_SEED = 20240917
 #: exactly: at 150 permutations the estimate's standard deviation is at most 0.041, so a pair
 #: at the threshold falls this low with probability below 1e-4.
 ESTIMATE_MARGIN = 0.15
-#: The default similarity (exact Jaccard of shingle sets) at which two modules are one family.
-DEFAULT_NEAR_DUP_THRESHOLD = 0.7
+from kernelbook_lib.defaults import DEFAULT_NEAR_DUP_THRESHOLD  # noqa: E402,F401
 #: LSH must make a pair at the threshold a candidate with at least this probability.
 CANDIDATE_RECALL_AT_THRESHOLD = 0.99
 

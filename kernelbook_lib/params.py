@@ -5,9 +5,11 @@ Every option and setting is checked here before a run reads its source or makes 
 start), and each flow calls it again at its start (deployments, ``python -m flows.x``). A
 mistake is a :class:`UserError` (one line, exit code 2) naming the option as the CLI spells it.
 
-One model per flow (:data:`MODELS`); the fields carry their defaults, bounds and help text so
-the model can become the single declaration of the parameters for the CLI, the flows and
-``prefect.yaml``.
+One model per flow (:data:`MODELS`) is the single declaration of its parameters: the fields'
+defaults, bounds, choices (``Literal`` types) and descriptions are the CLI's options and help
+(``kernelbook_cli._option``), the flows' signatures are tested equal to them, and every
+deployment's parameters in ``prefect.yaml`` are tested valid against them. This module imports
+nothing heavy (``kernelbook_lib.defaults``), so the CLI's ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from kernelbook_lib import loading, settings
+from kernelbook_lib.defaults import (
+    DEFAULT_NEAR_DUP_THRESHOLD,
+    DEFAULT_SEED,
+    DEFAULT_SOURCE,
+    DEFAULT_THRESHOLD,
+    DEFAULT_VAL_FRACTION,
+    GroupBy,
+    SplitName,
+)
 from kernelbook_lib.errors import UserError
-from kernelbook_lib.loading import DEFAULT_SOURCE, SplitName
-from kernelbook_lib.neardup import DEFAULT_NEAR_DUP_THRESHOLD
-from kernelbook_lib.stages import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION, GroupBy
 
 #: The default source of ``generate-prompts`` (``kernelbook_lib.prompt_gen.DEFAULT_SOURCE``;
 #: repeated so this module stays light to import, and checked equal by the tests).
@@ -45,12 +52,16 @@ class _Params(BaseModel):
     def _source_exists_or_is_a_hub_id(cls, value: str) -> str:
         # Raises SourceUnavailableError (not a ValueError, so pydantic passes it through as is):
         # "no such file or folder" for a path-like source that does not exist.
+        from kernelbook_lib import loading  # polars: imported when a run is checked, not for --help
+
         loading.classify_source(value)
         return value
 
     @field_validator("decontaminate", check_fields=False)
     @classmethod
     def _benchmarks_exist_or_are_hub_ids(cls, value: list[str] | None) -> list[str] | None:
+        from kernelbook_lib import loading
+
         for benchmark in value or []:
             loading.classify_source(benchmark, "--decontaminate")  # a mistyped path: "no such file or folder" now
         return value
@@ -66,6 +77,13 @@ class _Params(BaseModel):
         return value
 
 
+_DECONTAMINATE = (
+    "An evaluation benchmark (local .parquet/.jsonl file or folder, or a Hub dataset id such as "
+    "ScalingIntelligence/KernelBench) whose items must not be copied: matching rows are removed as "
+    "'contaminated'. Repeatable (a list in a deployment)."
+)
+
+
 class _CurateOptions(_Params):
     source: str = Field(DEFAULT_SOURCE, description="'sample' (bundled synthetic sample), a local .parquet/.jsonl file or folder, or a Hub dataset id (owner/name).")
     split: SplitName = Field("train", description="Source split to read (the original used train).")
@@ -76,16 +94,16 @@ class _CurateOptions(_Params):
     val_fraction: float = Field(DEFAULT_VAL_FRACTION, gt=0.0, lt=1.0, description="Share of near-duplicate families (problems with --no-near-dup) in validation.")
     group_by: GroupBy = Field("problem_id", description="Dedupe key: problem_id (default), family_id (one rollout per near-duplicate family) or module_name (the original's grouping).")
     out: str = Field("outputs", description="Output folder.")
-    near_dup: bool = Field(True, description="Group near-duplicate modules into families (MinHash over a normalised form of the code); False makes every problem its own family.")
-    near_dup_threshold: float = Field(DEFAULT_NEAR_DUP_THRESHOLD, gt=0.0, le=1.0, description="Similarity (Jaccard of the normalised modules' shingles) at which two modules are one family, or a row copies a benchmark item.")
-    decontaminate: list[str] | None = Field(None, description="Evaluation benchmarks (local file or folder, or Hub dataset id) whose items must not be copied: matching rows are removed as 'contaminated'.")
+    near_dup: bool = Field(True, description="Group near-duplicate modules into families (MinHash over a normalised form of the code); off (--no-near-dup) makes every problem its own family.")
+    near_dup_threshold: float = Field(DEFAULT_NEAR_DUP_THRESHOLD, gt=0.0, le=1.0, description="Similarity (Jaccard of the normalised modules' shingles, above 0 and at most 1) at which two modules are one family, or a row copies a benchmark item.")
+    decontaminate: list[str] | None = Field(None, description=_DECONTAMINATE)
 
 
 class CurateParams(_CurateOptions):
     """``kernelbook curate`` / the ``curate`` flow."""
 
     analysis: bool = Field(True, description="Run the analysis (statistics, plots, report) at the end.")
-    refresh_judge: bool = Field(False, description="Ignore cached LLM judgements and call again.")
+    refresh_judge: bool = Field(False, description="Ignore cached LLM judgements and call again (the new replies replace the cached ones).")
     max_judge_failure_rate: float = Field(0.01, ge=0.0, le=1.0, description="Exit non-zero (after writing everything) when more than this share of rows could not be judged.")
 
 
@@ -93,7 +111,7 @@ class RunnerParams(_Params):
     """Where the mapped tasks run (the CLI's ``--task-runner``/``--dask-address``, and
     ``re-evaluate``'s parameters of the same names)."""
 
-    task_runner: TaskRunner = Field("default", description="default: threads in this process; dask: a local Dask cluster (one worker process per core) or --dask-address.")
+    task_runner: TaskRunner = Field("default", description="default: threads in this process; dask: a local Dask cluster (one worker process per core) or --dask-address. Spreads the static judge over cores; the LLM stage is bound by its concurrency limit, not CPU.")
     dask_address: str | None = Field(None, description="Scheduler address of an existing Dask cluster (with --task-runner dask).")
 
     @field_validator("dask_address")
@@ -114,24 +132,24 @@ class RunnerParams(_Params):
 class ReevaluateParams(_CurateOptions, RunnerParams):
     """The scheduled ``re-evaluate`` flow."""
 
-    publish: bool = Field(False, description="Upload to the Hub at the end (needs HF_TOKEN).")
-    private: bool = Field(True, description="Create private repos (default).")
-    max_judge_failure_rate: float | None = Field(None, ge=0.0, le=1.0, description="None keeps curate's default.")
+    publish: bool = Field(False, description="Upload to the Hub at the end (needs HF_TOKEN or `hf auth login`; repos from HF_FILTERED_REPO / HF_UNIQUE_REPO / HF_SYNTHETIC_REPO, or --single-repo).")
+    private: bool = Field(True, description="Visibility of repos the publish creates: private (default) or public (--public).")
+    max_judge_failure_rate: float | None = Field(None, ge=0.0, le=1.0, description="Stop non-zero, before the analysis and the publish, when more than this share of rows could not be judged (unset: curate's default, 0.01).")
     single_repo: str | None = Field(None, description="Publish filtered, unique and synthetic as configs of this one Hub dataset repo (OWNER/NAME).")
 
 
 class GenerateParams(_Params):
     """``kernelbook generate-prompts`` / the ``generate-prompts`` flow."""
 
-    source: str = Field(KERNELBOOK_SOURCE, description="'sample', a local .parquet/.jsonl file or folder, or a Hub dataset id.")
+    source: str = Field(KERNELBOOK_SOURCE, description="'sample' (bundled synthetic KernelBook sample), a local .parquet/.jsonl file or folder, or a Hub dataset id; KernelBook schema (module_name, python_code) or eval schema (info.*).")
     split: SplitName = Field("train", description="Source split to read (KernelBook has train only).")
-    backend: Backend = Field("auto", description="llm: written by GENERATOR_MODEL (needs PRIME_API_KEY); template: offline; auto: llm when a key is configured.")
-    limit: int | None = Field(None, ge=1, description="Generate for the first N distinct problems only (test mode).")
+    backend: Backend = Field("auto", description="llm: specifications written by GENERATOR_MODEL (needs PRIME_API_KEY); template: offline, built from the module's syntax tree; auto: llm when a key is configured, else template.")
+    limit: int | None = Field(None, ge=1, description="Generate for the first N families (distinct problems with --no-near-dup) only (test mode).")
     out: str = Field("outputs", description="Output folder (may be curate's: only the synthetic* outputs are written).")
-    refresh: bool = Field(False, description="Ignore cached LLM replies and call again.")
-    near_dup: bool = Field(True, description="One specification per near-duplicate family (default); False: one per distinct problem.")
-    near_dup_threshold: float = Field(DEFAULT_NEAR_DUP_THRESHOLD, gt=0.0, le=1.0, description="Similarity at which two modules are one family, or a module copies a benchmark item.")
-    decontaminate: list[str] | None = Field(None, description="Evaluation benchmarks whose items must not be copied (removed as 'contaminated').")
+    refresh: bool = Field(False, description="Ignore cached LLM replies and call again (the new replies replace the cached ones).")
+    near_dup: bool = Field(True, description="One specification per near-duplicate family (default), or with --no-near-dup one per distinct problem.")
+    near_dup_threshold: float = Field(DEFAULT_NEAR_DUP_THRESHOLD, gt=0.0, le=1.0, description="Similarity (Jaccard of the normalised modules' shingles, above 0 and at most 1) at which two modules are one family, or a module copies a benchmark item.")
+    decontaminate: list[str] | None = Field(None, description=_DECONTAMINATE)
 
 
 MODELS: dict[str, type[_Params]] = {
@@ -181,6 +199,8 @@ def preflight(pipeline: str, values: dict[str, Any]) -> Preflight:
     key when the chosen judge or backend is the LLM. Raises :class:`UserError` (exit code 2).
 
     Never returns the settings (they hold secrets and must not become a Prefect result)."""
+    from kernelbook_lib import settings
+
     params = validate_params(pipeline, values)
     env = settings.check_env_file()
     if env.unparsable_lines:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -21,10 +21,7 @@ from kernelbook_lib.ledger import StageResult, empty_rejections, rejections
 if TYPE_CHECKING:
     from kernelbook_lib.progress import Progress
 
-DEFAULT_THRESHOLD = 0.85
-DEFAULT_SEED = 42
-DEFAULT_VAL_FRACTION = 0.1
-GroupBy = Literal["problem_id", "module_name", "family_id"]
+from kernelbook_lib.defaults import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION, GroupBy  # noqa: E402,F401
 GROUP_BY_CHOICES: tuple[str, ...] = ("problem_id", "module_name", "family_id")
 
 REJECT_BELOW_THRESHOLD = "reward_not_above_threshold"

@@ -87,13 +87,15 @@ def test_generate_prompts_into_a_folder_another_generate_is_writing_is_refused(t
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_scheduled_reevaluate_stops_when_someone_is_writing_the_folder(tmp_path):
     """The deployment runs the flow itself (no CLI): the flow takes the lock at its start."""
-    from flows.reevaluate import main, reevaluate
+    from flows.reevaluate import reevaluate
 
     out = tmp_path / "out"
     with Holder(out, "curate") as holder:
         with pytest.raises(outlock.OutputLockedError, match=f"in use by process {holder.pid}"):
             reevaluate(source="sample", judge="static", out=str(out))
-        assert main(["--source", "sample", "--judge", "static", "--out", str(out)]) == 2
+        result = CliRunner().invoke(app, ["re-evaluate", "--source", "sample", "--judge", "static", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert f"is in use by process {holder.pid}" in result.output
     assert not (out / "run_summary.json").exists() and not (out / "filtered").exists()
 
 

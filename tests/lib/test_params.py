@@ -92,3 +92,28 @@ def test_preflight_checks_the_settings(monkeypatch):
     monkeypatch.setenv("LLM_TIMEOUT_S", "-1")
     with pytest.raises(UserError, match="LLM_TIMEOUT_S"):
         params.preflight("curate", {"source": "sample"})
+
+
+#: The model of each flow a deployment may name (a deployment of another flow fails the test below).
+DEPLOYABLE = {
+    "flows/curate.py:curate": "curate",
+    "flows/generate_prompts.py:generate_prompts": "generate-prompts",
+    "flows/reevaluate.py:reevaluate": "re-evaluate",
+}
+
+
+def test_every_deployment_in_prefect_yaml_passes_its_flows_model(tmp_path, monkeypatch):
+    """``prefect deploy`` accepts any parameters; a misspelt name or a bad value would only fail
+    at the first scheduled run. Checked here against the one declaration of the flow's parameters."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    spec = yaml.safe_load((root / "prefect.yaml").read_text())
+    monkeypatch.chdir(tmp_path)  # relative paths (out=outputs) as a fresh clone sees them
+    assert spec["deployments"]
+    for deployment in spec["deployments"]:
+        pipeline = DEPLOYABLE.get(deployment["entrypoint"])
+        assert pipeline, f"prefect.yaml deploys {deployment['entrypoint']}, which has no parameter model"
+        params.validate_params(pipeline, deployment.get("parameters") or {})
