@@ -17,7 +17,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.curate import curate
 from flows.generate_prompts import generate_prompts
-from tests.flows.test_publish import TOKEN, online, out, stand_in  # noqa: F401  (fixtures)
+from tests.flows.test_publish import TOKEN, online, out, stand_in, write_analysis  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -139,6 +139,7 @@ def test_generate_prompts_publishes_the_same_kinds_of_artifacts(tmp_path):
 def test_publish_push_links_each_commit_with_its_tag(out: Path, stand_in, online, monkeypatch):  # noqa: F811
     from flows.publish import publish
 
+    write_analysis(out)  # this run's analysis with one plot, which the filtered repo gets
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("HF_ENDPOINT", stand_in.endpoint)
     result, flow_run_id = run(publish, input=str(out), push=True, filtered_repo="me/kb-filtered", unique_repo="me/kb-unique")
@@ -148,4 +149,9 @@ def test_publish_push_links_each_commit_with_its_tag(out: Path, stand_in, online
         assert link.data == f"[{commit['repo_id']} @ {commit['tag']}]({commit['commit_url']})"
         assert commit["commit_url"].startswith(stand_in.endpoint) and commit["tag"] in link.data
     assert [c["kind"] for c in result["commits"]] == ["filtered", "unique"]
+    # The plot is linked at the commit that published it.
+    filtered = result["commits"][0]
+    [plot] = [f for f in filtered["files"] if f.endswith(".png")]
+    blob = filtered["commit_url"].replace("/commit/", "/blob/")
+    assert f"]({blob}/{plot})" in one("publish-filtered", flow_run_id).description
     assert TOKEN not in json.dumps([a.model_dump(mode="json") for a in artifacts("publish-filtered", flow_run_id)])
