@@ -126,7 +126,7 @@ def summary_markdown(summary: RunSummary | SyntheticSummary, out_dir: str | Path
     LLM use, wall time and warnings (the stage table is its own artifact)."""
     wall = _wall_s(summary.started_at, summary.finished_at)
     common_tail: list[tuple[str, Any]] = [
-        ("families", format_families(summary.near_dup) if summary.near_dup else None),
+        ("families", format_families(summary.near_dup).removeprefix("families: ") if summary.near_dup else None),
         ("decontamination", "; ".join(format_decontamination(summary.decontamination)) if summary.decontamination else "off (no benchmark given)"),
     ]
     timing = [

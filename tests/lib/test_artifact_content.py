@@ -69,7 +69,7 @@ def test_curate_summary_markdown_names_every_figure_an_operator_asks_for(tmp_pat
     text = content.summary_markdown(run_summary(), tmp_path)
     for expected in ("`sample` (split train)", "`openai/gpt-5.2`", "rubric-v1", "50 loaded, 45 in the unique dataset",
                      "| filtered | train 40, validation 5 |", "| unique | train 18, validation 2 (17 families) |",
-                     "20 problems in 17 families", "kernelbench: 250 items, removed 4 rows (2 problems)",
+                     "| families | 20 problems in 17 families", "kernelbench: 250 items, removed 4 rows (2 problems)",
                      "judged 38 of 40 rows", "calls 30", "cache hits 10", "failures 2 (timeout 2)",
                      "200,000 in (25% cached) / 9,000 out", "cost $1.23", "| wall time | 65.0 s |",
                      f"`{tmp_path.resolve()}`", "## Warnings", "something \\| to look at"):
