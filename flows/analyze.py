@@ -31,6 +31,7 @@ from tasks.analysis import (
     write_analysis_json,
     write_report,
 )
+from tasks.artifacts import correlations_artifact
 
 
 @flow(name="analyze", log_prints=False)
@@ -52,6 +53,7 @@ def analyze(input: str = "outputs", out: str | None = None, run: dict | None = N
     report_path = write_report(result, plot_paths, judges, out_dir)
     attached = attach_analysis(input, out_dir, run)
     publish_report(result, plot_paths, judges)
+    correlations_artifact(result)
     get_run_logger().info(f"analyze: done, report at {report_path}")
     return {
         "out": out_dir,

@@ -35,6 +35,7 @@ from tasks.curate import (
     validate_rows,
     write_run_summary,
 )
+from tasks.artifacts import curate_artifacts
 from tasks.preflight import guarded
 
 
@@ -86,6 +87,7 @@ def curate(
     if analysis and judge_failure is None:
         analyze(input=out_dir, run=summary.model_dump(mode="json"))
     summary = write_run_summary(out_dir, summary)  # the last file: its presence means finished
+    curate_artifacts(out_dir, summary, analysed=analysis and judge_failure is None)  # not files: after the summary
     check_judge_failures(judge_failure)
     return summary.model_dump(mode="json")
 

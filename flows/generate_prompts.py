@@ -34,6 +34,7 @@ from tasks.prompts import (
     resolve_backend,
     validate_prompt_rows,
 )
+from tasks.artifacts import generate_artifacts
 from tasks.preflight import guarded
 
 
@@ -74,6 +75,7 @@ def generate_prompts(
         generated.frame,
         [prepared.result, clean.result, problems, generated],
     )
+    generate_artifacts(out_dir, summary)
     check_generation(generated)
     return summary.model_dump(mode="json")
 

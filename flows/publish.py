@@ -16,6 +16,7 @@ import sys
 from prefect import flow, get_run_logger
 
 from kernelbook_lib.hub import format_plan
+from tasks.artifacts import push_artifact
 from tasks.publish import check_publishable, plan_publish, push_dataset, resolve_repos
 
 
@@ -50,6 +51,7 @@ def publish(
     for item in to_push:
         commit = push_dataset(item, private)
         result["commits"].append(commit)
+        push_artifact(commit)
         logger.info(
             f"{item.kind}: published {', '.join(commit['files'])} to {'private' if private else 'public'} "
             f"dataset {commit['repo_id']} in one commit ({commit['commit_url']}), tagged {commit['tag']}"
