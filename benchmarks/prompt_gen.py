@@ -111,7 +111,9 @@ def worker_llm(mode: str, src: str, out: str, calls: int) -> None:
         from flows.generate_prompts import generate_prompts
 
         start = time.perf_counter()
-        summary = generate_prompts(source=src, backend="llm", out=out)
+        # One call per distinct problem: the generated problems share few templates, so families
+        # (the default) would collapse them and measure far fewer calls.
+        summary = generate_prompts(source=src, backend="llm", out=out, near_dup=False)
         wall = time.perf_counter() - start
         accounting = summary["llm"]
     else:
