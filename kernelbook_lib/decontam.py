@@ -133,12 +133,9 @@ def _read_hub_benchmark(dataset_id: str) -> pl.DataFrame:
     try:
         splits = datasets.load_dataset(dataset_id)
     except Exception as exc:  # network, auth, missing repo: one clear message, no traceback
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SourceUnavailableError(
-            f"cannot load benchmark {dataset_id!r} from the Hugging Face Hub ({type(exc).__name__}: {reason}). "
-            "If the Hub is unreachable, download the benchmark and pass its local path "
+        raise loading.hub_unavailable(
+            exc, f"benchmark {dataset_id!r}", "download the benchmark and pass its local path "
             "(a .parquet/.jsonl file or a folder) with --decontaminate.",
-            transient=loading._is_network_error(exc),
         ) from None
     frames = [pl.from_arrow(splits[name].with_format("arrow")[:]) for name in splits]
     return loading._concat(frames, dataset_id) if len(frames) > 1 else frames[0]

@@ -259,16 +259,24 @@ def _read_hub(dataset_id: str, split: SplitName) -> pl.DataFrame:
             # datasets raises ValueError for an unknown split; the message lists the real ones.
             raise UserError(f"cannot load split {name!r} of {dataset_id}: {exc}") from None
         except Exception as exc:  # network, auth, missing repo: one clear message, no traceback
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SourceUnavailableError(
-                f"cannot load {dataset_id!r} from the Hugging Face Hub ({type(exc).__name__}: {reason}). "
-                "If the Hub is unreachable, use --source sample, or download the dataset and pass "
-                "its local path (a .parquet/.jsonl file or a folder) with --source.",
-                transient=_is_network_error(exc),
+            raise hub_unavailable(
+                exc, repr(dataset_id), "use --source sample, or download the dataset and pass its local path "
+                "(a .parquet/.jsonl file or a folder) with --source.",
             ) from None
         table = ds.with_format("arrow")[:]  # one Arrow table, no Python objects
         frames.append(pl.from_arrow(table).with_columns(pl.lit(name).alias(schema.SOURCE_SPLIT)))
     return _concat(frames, dataset_id)
+
+
+def hub_unavailable(exc: BaseException, what: str, remedy: str) -> SourceUnavailableError:
+    """The one-line error for a dataset the Hub would not give (network, auth, missing repo):
+    what failed, the exception's first line, and what to do if the Hub is unreachable."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return SourceUnavailableError(
+        f"cannot load {what} from the Hugging Face Hub ({type(exc).__name__}: {reason}). "
+        f"If the Hub is unreachable, {remedy}",
+        transient=_is_network_error(exc),
+    )
 
 
 def _is_network_error(exc: BaseException) -> bool:
