@@ -72,7 +72,21 @@ def _pid_alive(pid: int, started: float | None = None) -> bool:
 # --- the temporary server ---------------------------------------------------------------------
 
 
-class TemporaryServer:
+class _LoopbackAddress:
+    """``address`` and ``api_url`` of a server on 127.0.0.1 at ``self.port``."""
+
+    port: int | None
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.address}/api"
+
+
+class TemporaryServer(_LoopbackAddress):
     """A Prefect server for the lifetime of this process, on a free loopback port.
 
     :meth:`spawn` returns at once (the port is bound here and handed to the server process, so
@@ -86,13 +100,6 @@ class TemporaryServer:
         self.spawned_at: float | None = None
         self.ready_at: float | None = None
 
-    @property
-    def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def api_url(self) -> str:
-        return f"{self.address}/api"
 
     def spawn(self, env: dict[str, str] | None = None) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -199,18 +206,10 @@ DEFAULT_PORT = 4200
 
 
 @dataclass(frozen=True)
-class ServerRecord:
+class ServerRecord(_LoopbackAddress):
     pid: int
     port: int
     started: float | None = None  # the process's start time: a reused pid is not our server
-
-    @property
-    def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def api_url(self) -> str:
-        return f"{self.address}/api"
 
 
 class LocalServer:
