@@ -59,6 +59,7 @@ def judged_rows(n: int, seed: int, tmp: Path) -> pl.DataFrame:
     judged = pl.DataFrame(
         {
             "problem_id": ids,
+            "family_id": ids,  # every problem its own family (as with --no-near-dup)
             "difficulty": difficulty,
             "style": style,
             "judge": ["static-ast-v1"] * n,
