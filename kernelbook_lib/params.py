@@ -40,7 +40,7 @@ Judge = Literal["auto", "static", "llm"]
 Backend = Literal["auto", "llm", "template"]
 TaskRunner = Literal["default", "dask"]
 #: A Dask scheduler address: ``tcp://host:port`` (also tls, ucx) or a bare ``host:port``, which
-#: Dask reads as tcp (the same rule as ``tasks/runners.py``, checked here before any work).
+#: Dask reads as tcp (checked here before any work, and by ``tasks/runners.py`` for deployments).
 DASK_ADDRESS = re.compile(r"^((tcp|tls|ucx)://)?(\[[0-9a-fA-F:]+\]|[^\s/:\[\]]+)(:\d{1,5})?/?$")
 
 

@@ -32,13 +32,11 @@ from urllib.parse import urlsplit
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from kernelbook_lib.errors import UserError
+from kernelbook_lib.params import DASK_ADDRESS
 
 TaskRunnerKind = Literal["default", "dask"]
 TASK_RUNNER_KINDS: tuple[str, ...] = ("default", "dask")
 
-# Dask scheduler addresses: "tcp://host:port" (also tls, ucx) or a bare "host:port", which Dask
-# reads as tcp. Checked here so a typo fails at once, not after a connect timeout.
-_DASK_ADDRESS = re.compile(r"^((tcp|tls|ucx)://)?(\[[0-9a-fA-F:]+\]|[^\s/:\[\]]+)(:\d{1,5})?/?$")
 _LOOPBACK_HOSTS = ("localhost", "::1")
 
 #: Dask settings, through the environment so the worker processes inherit them; a value the
@@ -101,7 +99,7 @@ def make_task_runner(
 
 def _checked_address(address: str) -> str:
     address = address.strip()
-    if not _DASK_ADDRESS.match(address):
+    if not DASK_ADDRESS.match(address):  # a typo fails at once, not after a connect timeout
         raise UserError(
             f"--dask-address {address!r} is not a Dask scheduler address "
             "(expected tcp://host:port, e.g. tcp://10.0.0.5:8786)"
