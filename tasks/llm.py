@@ -79,8 +79,6 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import opaque
 from prefect.utilities.math import lower_clamp_multiple
 
-import openai  # noqa: F401  (at flow import, not in the first task run: docs/design.md, "Imports")
-
 from kernelbook_lib import llm
 from kernelbook_lib.llm import Failure, LLMAuthError, LLMOutcome, LLMRequest, LLMTask
 from kernelbook_lib.progress import Progress, format_count
@@ -873,6 +871,10 @@ async def arun_llm_requests(
 
     if to_call:
         llm.require_api_key(settings)  # a missing key is one clear error, before any call
+        # The OpenAI SDK (slow to import) is imported here, before the chunk task runs start, so
+        # a run that needs no call never pays for it and the first chunk's calls are not
+        # delayed by it (docs/design.md, "Imports").
+        import openai  # noqa: F401
     limit_name = settings.llm_concurrency_limit_name
     cap = await ensure_concurrency_limit(limit_name, settings.llm_concurrency, logger) if to_call else settings.llm_concurrency
     if to_call:

@@ -183,3 +183,13 @@ def test_configuring_after_prefect_was_imported_says_which_defaults_prefect_miss
     with pytest.warns(RuntimeWarning, match="PREFECT_SERVER_ANALYTICS_ENABLED"):
         runtime.configure_prefect_env()
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+
+
+@pytest.mark.slow
+def test_a_static_judge_run_never_imports_the_openai_sdk():
+    """The OpenAI SDK costs seconds to import on these machines: importing the flows, or a run
+    that makes no LLM call, must not pay for it (tasks/llm.py imports it once calls are due)."""
+    script = "import sys, flows.curate, flows.generate_prompts, flows.reevaluate; print('openai' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
