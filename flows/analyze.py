@@ -22,13 +22,14 @@ from tasks.analysis import (
     attach_analysis,
     compute_analysis,
     describe_judges,
+    draw_plots,
     identify_judged,
     load_judged,
     prepare_analysis_out,
     publish_report,
     record_analysis,
-    render_plots,
     write_analysis_json,
+    write_plots,
     write_report,
 )
 from tasks.artifacts import correlations_artifact
@@ -47,7 +48,7 @@ def analyze(input: str = "outputs", out: str | None = None, run: dict | None = N
     df = load_judged(input, run)
     result = compute_analysis(df)
     judges = describe_judges(df)
-    plot_paths = render_plots(df, out_dir)
+    plot_paths = write_plots(draw_plots(df), out_dir)
     document = record_analysis(result, identity, plot_paths)
     analysis_json = write_analysis_json(document, out_dir)  # after the plots it vouches for
     report_path = write_report(result, plot_paths, judges, out_dir)

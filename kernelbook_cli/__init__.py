@@ -102,15 +102,19 @@ def _dask_address_option() -> Any:
     return _option(RunnerParams, "dask_address", "--dask-address")
 
 
-def run_with_runner(fn, runner: TaskRunner, address: str | None, **kwargs):
+#: What the analysis imports to draw its plots (see ``run_flow``'s ``prefetch``).
+PLOTTING = ("kernelbook_lib.plots",)
+
+
+def run_with_runner(fn, runner: TaskRunner, address: str | None, *, prefetch: tuple[str, ...] = (), **kwargs):
     """Run a flow on the chosen task runner (see tasks/runners.py)."""
     if runner == "default" and address is None:
-        return run_flow(fn, **kwargs)
+        return run_flow(fn, prefetch=prefetch, **kwargs)
     from tasks.runners import task_runner_session
 
     try:
         with task_runner_session(runner, address) as task_runner:
-            return run_flow(fn.with_options(task_runner=task_runner), **kwargs)
+            return run_flow(fn.with_options(task_runner=task_runner), prefetch=prefetch, **kwargs)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
@@ -140,14 +144,17 @@ def _quiet_user_errors() -> None:
             handler.addFilter(_HideUserErrors())
 
 
-def run_flow(fn, **kwargs):
+def run_flow(fn, *, prefetch: tuple[str, ...] = (), **kwargs):
     """Run a flow on the session's Prefect API; turn a UserError into one line on stderr and its
-    exit code. (Ctrl-C is the session's: one line, exit code 130.)"""
+    exit code. (Ctrl-C is the session's: one line, exit code 130.)
+
+    ``prefetch``: modules the flow may import later, imported while this process would only
+    wait for its temporary Prefect server to start (see ``tasks.runtime.CliSession.attach``)."""
     from tasks.runtime import attach_prefect_api
 
     _quiet_user_errors()
     try:
-        attach_prefect_api()
+        attach_prefect_api(prefetch=prefetch)
         return fn(**kwargs)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -239,7 +246,7 @@ def curate(
         from kernelbook_lib.export import SUMMARY_FILE
 
         with _summary_of_a_failed_run(out / SUMMARY_FILE, _show_curate_summary):
-            result = run_with_runner(curate_flow, task_runner, dask_address, **values)
+            result = run_with_runner(curate_flow, task_runner, dask_address, prefetch=PLOTTING if analysis else (), **values)
     typer.echo("")
     _show_curate_summary(result)
     typer.echo(f"outputs in {out}/ (filtered/, unique/, rejected.jsonl, run_summary.json{', analysis/' if analysis else ''})")
@@ -281,7 +288,7 @@ def re_evaluate(
 
         # The flow opens the task runner for its curate subflow itself (as in a deployment).
         with _summary_of_a_failed_run(out / SUMMARY_FILE, _show_curate_summary):
-            result = run_flow(reevaluate_flow, **values)
+            result = run_flow(reevaluate_flow, prefetch=PLOTTING, **values)
     typer.echo("")
     _show_curate_summary(result["summary"])
     typer.echo(f"outputs in {out}/ (filtered/, unique/, rejected.jsonl, run_summary.json, analysis/; report: {result['analysis_report']})")
@@ -307,7 +314,7 @@ def analyze(
         raise typer.Exit(exc.exit_code) from None
     from flows.analyze import analyze as analyze_flow
 
-    result = run_flow(analyze_flow, input=str(input), out=str(out) if out else None)
+    result = run_flow(analyze_flow, prefetch=PLOTTING, input=str(input), out=str(out) if out else None)
     typer.echo(f"analysis written to {result['out']} (report: {result['report']})")
 
 

@@ -17,6 +17,7 @@ instead of failing. Drawing is headless (matplotlib's Agg backend, set on import
 
 from __future__ import annotations
 
+import io
 import math
 import textwrap
 from pathlib import Path
@@ -68,13 +69,16 @@ from kernelbook_lib.analysis import (  # noqa: E402
     correlate,
 )
 from kernelbook_lib.errors import UserError  # noqa: E402
-from kernelbook_lib.export import atomic_path  # noqa: E402
+from kernelbook_lib.plot_files import (  # noqa: E402,F401  (the file names are part of this module's interface)
+    CORRELATION_PNG,
+    JOINT_PNG,
+    PLOT_FILES,
+    REWARD_PNG,
+    plot_data,
+    write_images,
+)
 from kernelbook_lib.report import p_phrase  # noqa: E402
 
-CORRELATION_PNG = "correlation_analysis.png"
-JOINT_PNG = "joint_distribution.png"
-REWARD_PNG = "reward_distribution.png"
-PLOT_FILES: tuple[str, ...] = (CORRELATION_PNG, JOINT_PNG, REWARD_PNG)
 
 #: Seed of the jitter that spreads rows sharing an integer score, so plots are reproducible.
 JITTER_SEED = 42
@@ -391,28 +395,33 @@ def reward_figure(pdf: pd.DataFrame) -> ggplot:
     )
 
 
-def _save(figure: Any, path: Path) -> Path:
-    """Draw a ggplot or composition and write it as a PNG atomically; always free the figure."""
+def _png(figure: Any) -> bytes:
+    """Draw a ggplot or composition as PNG bytes; always free the figure."""
     fig = figure.draw()
     try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI)
+        return buffer.getvalue()
     finally:
         plt.close(fig)
-    return path
+
+
+def render_plot_images(df: pl.DataFrame) -> dict[str, bytes]:
+    """The three analysis figures as PNG bytes, by file name (:data:`PLOT_FILES`).
+
+    The same values in the same order give the same bytes (seeded jitter), which is what lets
+    ``tasks/analysis.py`` reuse them (:func:`kernelbook_lib.plot_files.images_key`)."""
+    check_analysis_columns(df)
+    if df.height == 0:
+        raise UserError("no rows to plot")
+    pdf = plot_data(df).to_pandas()
+    return {
+        CORRELATION_PNG: _png(correlation_figure(pdf)),
+        JOINT_PNG: _png(joint_figure(pdf)),
+        REWARD_PNG: _png(reward_figure(pdf)),
+    }
 
 
 def render_plots(df: pl.DataFrame, out_dir: Path) -> list[Path]:
     """Write the three analysis figures into ``out_dir``; returns their paths (PLOT_FILES order)."""
-    check_analysis_columns(df)
-    if df.height == 0:
-        raise UserError("no rows to plot")
-    pdf = df.select(
-        pl.col("difficulty").cast(pl.Int64), pl.col("style").cast(pl.Int64), pl.col("reward").cast(pl.Float64)
-    ).to_pandas()
-    out_dir = Path(out_dir)
-    return [
-        _save(correlation_figure(pdf), out_dir / CORRELATION_PNG),
-        _save(joint_figure(pdf), out_dir / JOINT_PNG),
-        _save(reward_figure(pdf), out_dir / REWARD_PNG),
-    ]
+    return write_images(render_plot_images(df), Path(out_dir))

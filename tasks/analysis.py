@@ -1,10 +1,19 @@
 """The analysis stages as Prefect tasks: orchestration only (names, logs, cache policies).
 
-Cache policy: ``NO_CACHE`` on every task, deliberately. The inputs are polars DataFrames (or
-dicts computed from them): hashing a frame for a cache key costs about as much as the
-statistics themselves, and a policy over an input Prefect cannot hash silently turns caching
-off. The whole analysis takes seconds, so recomputing is cheaper than caching, and results are
-not persisted (``persist_result=False``): the outputs are the files this flow writes.
+Cache policy: ``NO_CACHE`` on every task but one, deliberately. The inputs are polars
+DataFrames (or dicts computed from them): a policy over an input Prefect cannot hash silently
+turns caching off, and the statistics, the report and the files take well under a second to
+make again, so they are not cached and not persisted (``persist_result=False``): the outputs
+are the files this flow writes.
+
+The exception is drawing the plots (:func:`draw_plots`), seconds of plotnine and matplotlib
+(plus their imports) for a picture that is a pure function of three numeric columns, the
+drawing code and the library versions. Its cache key is exactly that
+(:func:`kernelbook_lib.plot_files.images_key`, a hash of the columns' bytes: microseconds),
+its result (the PNG bytes) is persisted in Prefect's result storage
+(``PREFECT_HOME/storage`` by default), and :func:`write_plots` writes the bytes into the output
+folder either way. Re-running on the same judged data reuses the drawing; any change to the
+values, their order, the code or a library draws again.
 
 Retries: none. Every task reads or writes local files; a missing folder, a wrong schema or a
 full disk is not transient, and retrying would only repeat the same error message.
@@ -19,8 +28,9 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
-from kernelbook_lib import analysis, hub, plots, report
+from kernelbook_lib import analysis, hub, plot_files, report
 from kernelbook_lib.errors import UserError
 from kernelbook_lib.export import write_text
 
@@ -127,15 +137,29 @@ def write_analysis_json(result: dict, out_dir: str) -> str:
     return str(target)
 
 
-@task(name="render-plots", **ANALYSIS_TASK)
-def render_plots(df: pl.DataFrame, out_dir: str) -> list[str]:
+def _images_key(context: object, parameters: dict) -> str:
+    return plot_files.images_key(parameters["df"])
+
+
+@task(name="draw-plots", cache_key_fn=_images_key, persist_result=True)
+def draw_plots(df: pl.DataFrame) -> dict:
+    """The three PNGs as bytes (none for no rows), and which flow run drew them. Cached by
+    content (module doc): a cache hit returns the bytes an earlier run drew, without importing
+    the plotting libraries."""
     if df.height == 0:
-        # Nothing to draw; plots of an earlier run in this folder would contradict the report.
-        for name in plots.PLOT_FILES:
-            (Path(out_dir) / name).unlink(missing_ok=True)
-        return []
-    paths = plots.render_plots(df, Path(out_dir))
-    get_run_logger().info(f"analysis: wrote {', '.join(p.name for p in paths)} in {out_dir}")
+        return {"images": {}, "drawn_by": None}
+    from kernelbook_lib import plots  # plotnine, matplotlib, pandas: only when something is drawn
+
+    return {"images": plots.render_plot_images(df), "drawn_by": str(flow_run.id)}
+
+
+@task(name="write-plots", **ANALYSIS_TASK)
+def write_plots(drawing: dict, out_dir: str) -> list[str]:
+    paths = plot_files.write_images(drawing["images"], Path(out_dir))
+    if paths:
+        reused = drawing["drawn_by"] != str(flow_run.id)
+        how = " (the drawing of an earlier run of the same data, code and libraries, reused)" if reused else ""
+        get_run_logger().info(f"analysis: wrote {', '.join(p.name for p in paths)} in {out_dir}{how}")
     return [str(p) for p in paths]
 
 

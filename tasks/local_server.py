@@ -86,6 +86,28 @@ class _LoopbackAddress:
         return f"{self.address}/api"
 
 
+#: Settings of the temporary server only (a value in the environment wins). At each start,
+#: Prefect's block auto-registration imports every installed Prefect collection (here
+#: prefect-dask, which imports dask and distributed) to hash the block types, and registers
+#: them when the hash changed: about 0.7 s of the server's start on these machines, for block
+#: types nobody looks at on a server that lives for one run (this project saves no block).
+TEMPORARY_SERVER_ENV_DEFAULTS: dict[str, str] = {
+    "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+}
+#: The temporary server sends itself this request as soon as it serves (see :func:`_warm_up`).
+WARM_UP_PATH = "/api/admin/version"
+
+
+#: The temporary server's command: this file loaded as a module of its own (no package import).
+_RUN_THIS_FILE = (
+    "import importlib.util, sys; path = sys.argv.pop(1); "
+    "spec = importlib.util.spec_from_file_location('kernelbook_temporary_server', path); "
+    "module = sys.modules[spec.name] = importlib.util.module_from_spec(spec); "
+    "spec.loader.exec_module(module); module.main()"
+)
+
+
 class TemporaryServer(_LoopbackAddress):
     """A Prefect server for the lifetime of this process, on a free loopback port.
 
@@ -109,9 +131,13 @@ class TemporaryServer(_LoopbackAddress):
             server_env = dict(os.environ if env is None else env)
             # No UI on a server that lives for one run (what Prefect's temporary server does too).
             server_env["PREFECT_UI_ENABLED"] = "false"
+            for key, value in TEMPORARY_SERVER_ENV_DEFAULTS.items():
+                server_env.setdefault(key, value)
             self.process = subprocess.Popen(
-                # `-c`, not `-m tasks.local_server`: the `tasks` package imports this module first.
-                [sys.executable, "-c", "from tasks.local_server import main; main()",
+                # This file alone, not `-m tasks.local_server`: the `tasks` package (its Prefect
+                # settings, this project's settings; 0.4 s of the server's start) is the CLI's
+                # business, and the server inherits the environment it set.
+                [sys.executable, "-c", _RUN_THIS_FILE, __file__,
                  "--fd", str(sock.fileno()), "--parent", str(os.getpid())],
                 pass_fds=(sock.fileno(),),
                 env=server_env,
@@ -195,7 +221,34 @@ def serve_temporary(fd: int, parent: int) -> None:
 
     sock = socket.socket(fileno=fd)
     config = uvicorn.Config(create_app(ephemeral=True, final=True), log_level="error", lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    _warm_up(server, sock.getsockname()[1])
+    server.run(sockets=[sock])
+
+
+def _warm_up(server: object, port: int) -> None:
+    """Send the server one API request as soon as it serves, from a thread of its own process.
+
+    FastAPI prepares the routes of the API's routers on the first request that reaches them:
+    about 1.2 s here, which the run's first request (the flow run's creation) would otherwise
+    wait for. The server is usually up while the CLI still imports the flows, so done here the
+    preparation overlaps those imports. A failure only means the first real request pays.
+    """
+    import urllib.request
+
+    def warm() -> None:
+        deadline = time.monotonic() + 120
+        while not getattr(server, "started", False):
+            if time.monotonic() > deadline or getattr(server, "should_exit", False):
+                return
+            time.sleep(0.02)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{WARM_UP_PATH}", timeout=30) as response:
+                response.read()
+        except OSError:
+            pass
+
+    threading.Thread(target=warm, name="warm-up", daemon=True).start()
 
 
 # --- the local server that outlives runs -----------------------------------------------------

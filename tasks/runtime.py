@@ -52,7 +52,7 @@ from typing import Any
 
 from kernelbook_lib.errors import UserError
 from tasks import prefect_internals
-from tasks.local_server import LocalServer, TemporaryServer, prefect_home
+from tasks.local_server import LocalServer, TemporaryServer, healthy, prefect_home
 
 #: Environment defaults applied with ``os.environ.setdefault``: a value the user set wins.
 PREFECT_ENV_DEFAULTS: dict[str, str] = {
@@ -166,6 +166,36 @@ def on_temporary_server() -> bool:
     return url is None or url == os.environ.get(TEMPORARY_API_ENV)
 
 
+def _import_quietly(modules: tuple[str, ...]) -> None:
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001  (the code that needs it imports it again and raises)
+            return
+
+
+def without_flow_heartbeats() -> Any:
+    """A Prefect settings context in which flow runs send no heartbeats.
+
+    A flow run sends a heartbeat event every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (180
+    by default, at least 30; the environment cannot turn them off) so that a server's automations
+    can tell a crashed run. On a temporary server that lives exactly as long as the run (and
+    persists no events) nobody can read them, and each flow run's end waits up to a second for
+    its heartbeat thread (it sleeps in 1 s steps): the curate run and its analysis subflow
+    waited about 1 s between them on these machines. Used by :class:`CliSession` on its
+    temporary server only; a configured server or ``kernelbook server`` keeps the heartbeats.
+    """
+    from prefect.context import SettingsContext, get_settings_context
+
+    current = get_settings_context()
+    settings = current.settings.model_copy(
+        update={"flows": current.settings.flows.model_copy(update={"heartbeat_frequency": None})}
+    )
+    return SettingsContext(profile=current.profile, settings=settings)
+
+
 # --- waiting for the server to record every task run ------------------------------------------
 
 
@@ -203,14 +233,16 @@ def _task_run_counts(client: Any, since: datetime) -> tuple[int, int]:
 def _recorder_settle_s() -> float:
     """How long the recorder's counts must stay unchanged to call it idle.
 
-    With Prefect's default batch of 1 the recorder writes each event as it takes it, so a
-    second without change means nothing is left; with a bigger batch, a partial batch waits
-    for the next periodic flush, so the window must also cover the flush interval.
+    With Prefect's default batch of 1 the recorder writes each event as it takes it (a few
+    milliseconds each), and this process has sent every event before the wait starts, so half a
+    second without change means nothing is left (it was a whole second: the wait was most of a
+    run's shutdown); with a bigger batch, a partial batch waits for the next periodic flush, so
+    the window must also cover the flush interval.
     """
     from prefect.settings import get_current_settings
 
     recorder = get_current_settings().server.services.task_run_recorder
-    return 1.0 if recorder.batch_size <= 1 else float(recorder.flush_interval) + 1.0
+    return 0.5 if recorder.batch_size <= 1 else float(recorder.flush_interval) + 1.0
 
 
 def wait_for_task_run_records(
@@ -218,7 +250,7 @@ def wait_for_task_run_records(
     *,
     settle_s: float | None = None,
     max_wait_s: float = 60.0,
-    poll_s: float = 0.25,
+    poll_s: float = 0.1,
 ) -> bool:
     """Wait until the Prefect server has recorded the task runs of flow runs created since
     ``since`` (its TaskRunRecorder writes them from client events, asynchronously).
@@ -372,6 +404,7 @@ class CliSession:
         self._say_lock = threading.Lock()
         self._previous_sigint: Any = None
         self._saved_env: dict[str, str | None] = {}
+        self._settings_context: Any = None
         self._server_cpu: float | None = None
         self._marks: dict[str, float] = {"start": _process_start_wall()}
 
@@ -406,8 +439,13 @@ class CliSession:
         self.temporary.spawn()
         self._marks["spawned"] = time.time()
 
-    def attach(self) -> None:
-        """Point Prefect at the API this run uses and wait until it answers. Idempotent."""
+    def attach(self, prefetch: tuple[str, ...] = ()) -> None:
+        """Point Prefect at the API this run uses and wait until it answers. Idempotent.
+
+        ``prefetch``: modules the run may need later (the plotting libraries, seconds to
+        import). While the temporary server is still starting, this process has nothing to do
+        but wait: they are imported then, in a background thread (an import error is left for
+        the code that needs the module to raise)."""
         if self.attached:
             return
         self.attached = True
@@ -430,10 +468,14 @@ class CliSession:
         if self.temporary is None:
             _logger().info(f"Using the local Prefect server at {api_url} (UI: {api_url.removesuffix('/api')})")
             return
+        self._settings_context = without_flow_heartbeats()
+        self._settings_context.__enter__()
         _logger().info(
             f"Starting a temporary Prefect server on {self.temporary.address} for this run "
             "(`kernelbook server start` keeps one running, with the UI)"
         )
+        if prefetch and not healthy(self.temporary.api_url, timeout=0.5):
+            threading.Thread(target=_import_quietly, args=(prefetch,), name="prefetch", daemon=True).start()
         timeout = float(get_current_settings().server.ephemeral.startup_timeout_seconds)
         try:
             self.temporary.wait_ready(timeout)
@@ -495,6 +537,9 @@ class CliSession:
         self.temporary = None
 
     def _restore_env(self) -> None:
+        if self._settings_context is not None:
+            self._settings_context.__exit__(None, None, None)
+            self._settings_context = None
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -549,7 +594,7 @@ class CliSession:
         sys.stderr.write(
             "timings (s): "
             f"imports {span('start', 'attached')}; "
-            f"server spawn->ready {span('spawned', 'ready')}, waited {span('attached', 'ready')}; "
+            f"server spawn->ready {span('spawned', 'ready')} (spawned at {span('start', 'spawned')}), waited {span('attached', 'ready')}; "
             f"flow {span('ready' if 'ready' in m else 'attached', 'flow_end')}; "
             f"shutdown {span('flow_end', 'end')} (records {span('flow_end', 'settled')}); "
             f"cpu: cli {_cpu_seconds(os.getpid()):.2f}"
@@ -558,13 +603,26 @@ class CliSession:
         )
 
 
-def attach_prefect_api() -> None:
-    """Call right before a CLI command runs its first flow (no-op outside a :class:`CliSession`)."""
+def attach_prefect_api(prefetch: tuple[str, ...] = ()) -> None:
+    """Call right before a CLI command runs its first flow (no-op outside a :class:`CliSession`).
+    ``prefetch``: see :meth:`CliSession.attach`."""
     if _current is not None:
-        _current.attach()
+        _current.attach(prefetch)
 
 
 def _process_start_wall() -> float:
+    """When this process started (wall clock), for ``KERNELBOOK_TIMINGS``.
+
+    On Linux from ``/proc/self/stat`` (clock ticks since boot) and the time since boot: psutil's
+    ``create_time`` adds the boot time in whole seconds (``/proc/stat``'s ``btime``), which put
+    every phase measured from the start up to a second off."""
+    try:
+        with open("/proc/self/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        started_after_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, "starttime"
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - started_after_boot)
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
     try:
         import psutil
 

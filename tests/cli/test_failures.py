@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kernelbook_cli import app
-from kernelbook_lib import loading, plots
+from kernelbook_lib import loading, plot_files, plots
 from kernelbook_lib.errors import SourceUnavailableError, UserError
 from tests.fixtures import fake_data
 from tests.fixtures.llm import loopback_llm
@@ -116,7 +116,8 @@ def test_a_run_that_dies_in_the_analysis_leaves_no_run_summary(tmp_path, monkeyp
     def die(*args, **kwargs):
         raise RuntimeError("killed while plotting")
 
-    monkeypatch.setattr(plots, "render_plots", die)
+    # Writing the plots, not drawing them: the drawing of the same data may be reused.
+    monkeypatch.setattr(plot_files, "write_images", die)
     result = invoke("curate", "--source", str(rows_source(tmp_path)), "--judge", "static", "--out", str(out))
     assert result.exit_code != 0
     assert (out / "filtered").is_dir() and (out / "analysis").is_dir()  # the work so far

@@ -5,7 +5,10 @@ from __future__ import annotations
 import tasks  # noqa: F401  (Prefect environment defaults, before prefect is imported)
 
 import json
+import os
 from pathlib import Path
+
+import polars as pl
 
 import pytest
 from prefect.logging import disable_run_logger
@@ -55,11 +58,12 @@ def test_tasks_chain_into_json_and_report(out_folder, tmp_path):
     assert "](correlation_analysis.png)" in text
 
 
-def test_tasks_carry_no_cache_policy():
+def test_tasks_carry_no_cache_policy_but_the_drawing():
     from prefect.cache_policies import NO_CACHE
 
-    for t in (analysis_tasks.load_judged, analysis_tasks.compute_analysis, analysis_tasks.render_plots):
+    for t in (analysis_tasks.load_judged, analysis_tasks.compute_analysis, analysis_tasks.write_plots):
         assert t.cache_policy is NO_CACHE
+    assert analysis_tasks.draw_plots.cache_policy is not NO_CACHE and analysis_tasks.draw_plots.persist_result
 
 
 # --- the flow, against the shared test server --------------------------------------------
@@ -89,6 +93,28 @@ def test_analyze_flow_writes_every_output_and_the_artifact(prefect_harness, out_
     assert latest.type == "markdown"
     assert "n = 80 rows**" in latest.data and "openai/gpt-5.2" in latest.data
     assert "![" not in latest.data  # the UI cannot load local images: paths are listed instead
+
+
+def test_the_same_data_reuses_its_drawing_and_changed_data_draws_again(prefect_harness, tmp_path, monkeypatch):
+    """Drawing costs seconds; the pictures are a pure function of the plotted values, so a
+    re-run on the same judged data writes the earlier drawing's bytes, and one changed value
+    draws again."""
+    df = correlated(90, seed=int.from_bytes(os.urandom(4), "little"))  # data no other test drew
+    folder = write_out(tmp_path / "run", df.head(80), df.tail(10))
+    first = analyze(input=str(folder), out=str(tmp_path / "first"))
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("drew again")
+
+    monkeypatch.setattr(plots, "render_plot_images", no_drawing)
+    second = analyze(input=str(folder), out=str(tmp_path / "second"))
+    assert [Path(p).read_bytes() for p in second["plots"]] == [Path(p).read_bytes() for p in first["plots"]]
+    assert second["analysis"]["plots"] == first["analysis"]["plots"]  # what analysis.json vouches for
+
+    changed = df.with_columns(reward=pl.when(pl.int_range(pl.len()) == 0).then(pl.col("reward") + 0.001).otherwise(pl.col("reward")))
+    other = write_out(tmp_path / "changed", changed.head(80), changed.tail(10))
+    with pytest.raises(AssertionError, match="drew again"):
+        analyze(input=str(other), out=str(tmp_path / "third"))
 
 
 def test_analyze_flow_fails_clearly_on_a_bad_input(prefect_harness, tmp_path):

@@ -193,3 +193,24 @@ def test_a_static_judge_run_never_imports_the_openai_sdk():
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_the_temporary_server_registers_no_block_types_at_start(prefect_harness):
+    """Block auto-registration imports every Prefect collection (dask, here) at each start of
+    the server; the temporary server, which lives for one run, skips it (its own settings,
+    read back from the running server)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{prefect_harness.api_url}/admin/settings", timeout=30) as response:
+        server_settings = json.load(response)["server"]
+    assert server_settings["register_blocks_on_start"] is False
+    assert server_settings["memoize_block_auto_registration"] is False
+
+
+def test_flow_runs_on_the_temporary_server_send_no_heartbeats():
+    from prefect.settings import get_current_settings
+
+    assert get_current_settings().flows.heartbeat_frequency is not None  # Prefect's default: on
+    with runtime.without_flow_heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency is not None
