@@ -16,7 +16,8 @@ it) a run while ``kernelbook server start`` runs. Phases come from the command's
 (``KERNELBOOK_TIMINGS=1``) or, for code without it, from the timestamps of Prefect's log lines.
 ``--fresh-clone REF`` instead measures what a new user does: ``git clone`` (of this repository,
 at REF), then ``uv run kernelbook curate --source sample`` twice; the first run includes making
-the clone's virtual environment, without compiled modules (``uv``'s default).
+the clone's virtual environment, without compiled modules (``uv``'s default); then once more
+after ``uv sync --compile-bytecode``.
 
     uv run python benchmarks/prefect_overhead.py                   # this checkout
     uv run python benchmarks/prefect_overhead.py --root OLD_CHECKOUT  # another checkout, same venv
@@ -191,6 +192,15 @@ def fresh_clone(ref: str) -> None:
     _print_row("first run: new .venv, new PREFECT_HOME", run_curate("", clone, home, out, uv=True))
     print(f"[load {_load()}]")
     _print_row("warm run, same PREFECT_HOME", run_curate("", clone, home, out, uv=True))
+    # Python caches compiled modules (.pyc) on first import unless PYTHONDONTWRITEBYTECODE is
+    # set, as it is on these machines: then every run compiles what it imports again, unless
+    # the environment was compiled once.
+    print(f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '(unset)')}")
+    started = time.monotonic()
+    subprocess.run(["uv", "sync", "-q", "--compile-bytecode"], cwd=clone, check=True)
+    print(f"`uv sync --compile-bytecode` took {time.monotonic() - started:.1f} s")
+    print(f"[load {_load()}]")
+    _print_row("warm run, compiled environment", run_curate("", clone, home, out, uv=True))
     print(f"[load {_load()}]")
 
 
