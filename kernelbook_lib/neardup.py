@@ -394,6 +394,12 @@ class _Emitter:
         for node in nodes:
             self.stmt(node)
 
+    def clause(self, keyword: str, nodes: list[ast.stmt]) -> None:
+        """An optional clause (``else``, ``finally``): its keyword, then its body, if it has one."""
+        if nodes:
+            self.out.append(keyword)
+            self.body(nodes)
+
     def stmt(self, node: ast.stmt) -> None:
         out = self.out
         kind = type(node)
@@ -433,25 +439,19 @@ class _Emitter:
             out.append("if")
             self.expr(node.test)
             self.body(node.body)
-            if node.orelse:
-                out.append("else")
-                self.body(node.orelse)
+            self.clause("else", node.orelse)
         elif kind in (ast.For, ast.AsyncFor):
             out.append("for")
             self.target(node.target)
             out.append("in")
             self.expr(node.iter)
             self.body(node.body)
-            if node.orelse:
-                out.append("else")
-                self.body(node.orelse)
+            self.clause("else", node.orelse)
         elif kind is ast.While:
             out.append("while")
             self.expr(node.test)
             self.body(node.body)
-            if node.orelse:
-                out.append("else")
-                self.body(node.orelse)
+            self.clause("else", node.orelse)
         elif kind in (ast.With, ast.AsyncWith):
             out.append("with")
             for item in node.items:
@@ -477,12 +477,8 @@ class _Emitter:
                 if handler.name:
                     out.append(self._name(handler.name, store=True))
                 self.body(handler.body)
-            if node.orelse:
-                out.append("else")
-                self.body(node.orelse)
-            if node.finalbody:
-                out.append("finally")
-                self.body(node.finalbody)
+            self.clause("else", node.orelse)
+            self.clause("finally", node.finalbody)
         elif kind is ast.Delete:
             out.append("del")
             for target in node.targets:

@@ -186,9 +186,9 @@ def test_configuring_after_prefect_was_imported_says_which_defaults_prefect_miss
 
 
 @pytest.mark.slow
-def test_a_static_judge_run_never_imports_the_openai_sdk():
-    """The OpenAI SDK costs seconds to import on these machines: importing the flows, or a run
-    that makes no LLM call, must not pay for it (tasks/llm.py imports it once calls are due)."""
+def test_importing_the_flows_does_not_import_the_openai_sdk():
+    """The OpenAI SDK costs seconds to import on these machines: importing the flows (what every
+    run does first) must not pay for it; tasks/llm.py imports it once calls are due."""
     script = "import sys, flows.curate, flows.generate_prompts, flows.reevaluate; print('openai' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
