@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: How often the temporary server checks that its parent is alive.
 PARENT_POLL_S = 0.5
@@ -220,10 +221,84 @@ def serve_temporary(fd: int, parent: int) -> None:
     from prefect.server.api.server import create_app
 
     sock = socket.socket(fileno=fd)
-    config = uvicorn.Config(create_app(ephemeral=True, final=True), log_level="error", lifespan="on")
+    app = RetryUnavailable(create_app(ephemeral=True, final=True))
+    config = uvicorn.Config(app, log_level="error", lifespan="on")
     server = uvicorn.Server(config)
     _warm_up(server, sock.getsockname()[1])
     server.run(sockets=[sock])
+
+
+#: Pauses (seconds) before the temporary server answers a request again itself after a 503.
+RETRY_UNAVAILABLE_DELAYS_S: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.4)
+
+
+class RetryUnavailable:
+    """ASGI middleware: a request the application answers with 503 is run again, here, after
+    a short pause, before the client sees it; after :data:`RETRY_UNAVAILABLE_DELAYS_S` the 503
+    goes out as it is.
+
+    Prefect's API answers 503 to errors its client may retry, and on SQLite the common one is
+    "database is locked": a write transaction that began by reading (creating a flow run, taking
+    a concurrency slot) fails at once, without waiting, when another connection committed in
+    between, which the task run recorder does whenever it flushes a run's task runs. Prefect's
+    client then sleeps 2 s (2, 4, 8 ... s) before it tries again: on these machines 20 of 21
+    flow runs started back to back on the temporary server each waited about 2 s so. Run
+    again a few milliseconds later, the same request succeeds. A 503 is exactly what Prefect's
+    client would send again unchanged, so replaying it here changes no outcome, only the wait.
+    Other scopes (lifespan, websockets) and every other response pass through untouched.
+    """
+
+    def __init__(self, app: Any, delays_s: tuple[float, ...] = RETRY_UNAVAILABLE_DELAYS_S) -> None:
+        self.app = app
+        self.delays_s = delays_s
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        import asyncio
+
+        body = bytearray()
+        while True:  # the whole request body, to send it again
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        for delay in (*self.delays_s, None):
+            if await self._attempt(scope, bytes(body), receive, send, last=delay is None):
+                return
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, scope: dict, body: bytes, receive: Any, send: Any, *, last: bool) -> bool:
+        """Run the request once; False if it was answered with a 503 that was held back."""
+        delivered = False
+        held_back = False
+
+        async def replay() -> dict:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then whatever the client does (a disconnect)
+
+        async def forward(message: dict) -> None:
+            nonlocal held_back
+            if message["type"] == "http.response.start" and message["status"] == 503 and not last:
+                held_back = True
+            if not held_back:
+                await send(message)
+
+        try:
+            # A fresh copy of the scope: the application's routing writes into it.
+            await self.app({**scope, "state": dict(scope.get("state", {}))}, replay, forward)
+        except Exception:
+            # Starlette sends the error handler's response, then raises the error again for
+            # the server to log: a held-back 503 is retried, anything else is the server's.
+            if not held_back:
+                raise
+        return not held_back
 
 
 def _warm_up(server: object, port: int) -> None:

@@ -208,9 +208,10 @@ def test_the_temporary_server_registers_no_block_types_at_start(prefect_harness)
 
 
 def test_flow_runs_on_the_temporary_server_send_no_heartbeats():
-    from prefect.settings import get_current_settings
+    from prefect.settings import Settings, get_current_settings
 
-    assert get_current_settings().flows.heartbeat_frequency is not None  # Prefect's default: on
+    assert Settings().flows.heartbeat_frequency is not None  # Prefect's default: on
+    before = get_current_settings().flows.heartbeat_frequency  # (the session's server: off)
     with runtime.without_flow_heartbeats():
         assert get_current_settings().flows.heartbeat_frequency is None
-    assert get_current_settings().flows.heartbeat_frequency is not None
+    assert get_current_settings().flows.heartbeat_frequency == before
