@@ -185,7 +185,8 @@ def without_flow_heartbeats() -> Any:
     persists no events) nobody can read them, and each flow run's end waits up to a second for
     its heartbeat thread (it sleeps in 1 s steps): the curate run and its analysis subflow
     waited about 1 s between them on these machines. Used by :class:`CliSession` on its
-    temporary server only; a configured server or ``kernelbook server`` keeps the heartbeats.
+    temporary server only (and by the test session on its own); a configured server or
+    ``kernelbook server`` keeps the heartbeats.
     """
     from prefect.context import SettingsContext, get_settings_context
 

@@ -77,26 +77,21 @@ def prefect_harness():
     # The process-wide settings (not a context): threads Prefect starts see the server too.
     os.environ["PREFECT_API_URL"] = _SERVER.api_url
     refresh_global_settings_context()
-    from tasks.runtime import without_flow_heartbeats
-
-    # What the CLI does on its temporary server (tasks/runtime.py): no flow heartbeats. Each flow
-    # run's end otherwise waits up to a second for its heartbeat thread (a trivial flow run took
-    # 1.2 s with them, 0.34 s without, on this server).
-    no_heartbeats = without_flow_heartbeats()
-    no_heartbeats.__enter__()
+    from tasks.runtime import _drain_client_workers, without_flow_heartbeats
 
     @flow(name="harness-warm-up")
     def warm_up() -> int:
         return 1
 
-    # The first flow run of a process completes Prefect's logging setup, which replaces the
-    # root logger's handlers (caplog's among them): get it done before any test.
-    warm_up()
-    _console_to_own_stream()  # that setup made a new console handler
-    yield _SERVER
-    no_heartbeats.__exit__(None, None, None)
-    from tasks.runtime import _drain_client_workers
-
+    # What the CLI does on its temporary server (tasks/runtime.py): no flow heartbeats. Each flow
+    # run's end otherwise waits up to a second for its heartbeat thread (a trivial flow run took
+    # 1.2 s with them, 0.34 s without, on this server).
+    with without_flow_heartbeats():
+        # The first flow run of a process completes Prefect's logging setup, which replaces the
+        # root logger's handlers (caplog's among them): get it done before any test.
+        warm_up()
+        _console_to_own_stream()  # that setup made a new console handler
+        yield _SERVER
     _drain_client_workers(timeout=30)
 
 
