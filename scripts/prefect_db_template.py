@@ -25,14 +25,20 @@ sys.path.insert(0, str(ROOT))
 MIGRATE = "import asyncio; from prefect.server.database import provide_database_interface; asyncio.run(provide_database_interface().create_db())"
 
 
+def migrate(home: Path) -> Path:
+    """Create ``home/prefect.db`` with Prefect's own migrations (a process of its own, no
+    Prefect settings but ``PREFECT_HOME``); returns its path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(home)
+    subprocess.run([sys.executable, "-c", MIGRATE], env=env, check=True)
+    return Path(home) / "prefect.db"
+
+
 def main() -> None:
     from tasks.prefect_internals import database_dump, template_path
 
     with tempfile.TemporaryDirectory(prefix="prefect-db-template-") as home:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env["PREFECT_HOME"] = home
-        subprocess.run([sys.executable, "-c", MIGRATE], env=env, check=True)
-        dump = database_dump(Path(home) / "prefect.db")
+        dump = database_dump(migrate(Path(home)))
     target = template_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(dump)

@@ -52,16 +52,21 @@ from tasks.local_server import TemporaryServer  # noqa: E402
 from tests.fixtures.llm import *  # noqa: E402,F401,F403  (loopback LLM fixtures for every test)
 
 #: The session's Prefect server: the project's own temporary server (tasks/local_server.py), on
-#: the session's new PREFECT_HOME. It is started as soon as the tests are collected, so its start
-#: (Prefect's imports and its database migrations) overlaps the tests that do not need it, which
-#: run first. Its database is made by Prefect's own migrations, not from the template, so
-#: tests/tasks/test_runtime.py can check the template against them.
+#: the session's new PREFECT_HOME, whose database comes from the template as a CLI run's does
+#: (tests/tasks/test_runtime.py checks the template against Prefect's own migrations: those cost
+#: each worker's server about 10 s of CPU at its start). It is started as soon as the tests are
+#: collected, so its start (Prefect's imports) overlaps the tests that do not need it, which run
+#: first.
 _SERVER = TemporaryServer()
 
 
-def session_database() -> str:
-    """The session server's SQLite database (made by Prefect's migrations)."""
-    return os.path.join(os.environ["PREFECT_HOME"], "prefect.db")
+def _spawn_server() -> None:
+    from pathlib import Path
+
+    from tasks.prefect_internals import seed_prefect_database
+
+    seed_prefect_database(Path(os.environ["PREFECT_HOME"]))
+    _SERVER.spawn()
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +77,7 @@ def prefect_harness():
     from prefect import flow
 
     if _SERVER.process is None:
-        _SERVER.spawn()
+        _spawn_server()
     _SERVER.wait_ready(timeout=300)
     # The process-wide settings (not a context): threads Prefect starts see the server too.
     os.environ["PREFECT_API_URL"] = _SERVER.api_url
@@ -132,7 +137,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_collection_finish(session):
     if any(_uses_server(item) for item in session.items) and _SERVER.process is None:
-        _SERVER.spawn()
+        _spawn_server()
 
 
 _skipped: list[str] = []
