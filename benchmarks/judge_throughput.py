@@ -20,7 +20,9 @@ The machine may be shared: other processes depress the figures.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -40,6 +42,7 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",") if c]
 
     home = tempfile.mkdtemp(prefix="judge-throughput-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
     os.environ.setdefault("PREFECT_HOME", os.path.join(home, "prefect"))
     os.environ["KERNELBOOK_ENV_FILE"] = os.path.join(home, "no.env")  # never a developer's real key
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

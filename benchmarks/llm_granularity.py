@@ -29,10 +29,12 @@ within one invocation.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import socket
 import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -87,6 +89,7 @@ def start_prefect_server(home: str) -> tuple[subprocess.Popen, str]:
 def run_worker(mode: str, backend: str, args: argparse.Namespace, llm_url: str, api_key: str,
                prefect_url: str | None, server_pid: int | None) -> dict:
     home = tempfile.mkdtemp(prefix="llm-gran-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
     env = _base_env(home)
     env.update({
         "KERNELBOOK_CACHE_DIR": os.path.join(home, "cache"),
@@ -354,7 +357,9 @@ def main() -> None:
         for backend in backends:
             server_proc, prefect_url = (None, None)
             if backend == "server":
-                server_proc, prefect_url = start_prefect_server(tempfile.mkdtemp(prefix="llm-gran-server-"))
+                server_home = tempfile.mkdtemp(prefix="llm-gran-server-")
+                atexit.register(shutil.rmtree, server_home, ignore_errors=True)
+                server_proc, prefect_url = start_prefect_server(server_home)
             try:
                 for mode in modes:
                     if mode.startswith("bare") and backend != backends[0]:

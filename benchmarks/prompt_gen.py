@@ -19,9 +19,11 @@ The machine is shared (2 cores): other processes depress the figures.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -33,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 #: One Prefect home for every worker of a run: its database is migrated once, by the first.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="prompt-gen-bench-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 
 
 def _env(home: str, **extra: str) -> dict[str, str]:
@@ -141,6 +144,7 @@ def bench_template(rows: int) -> None:
     from tests.fixtures.fake_data import write_kernelbook
 
     work = Path(tempfile.mkdtemp(prefix="prompt-gen-bench-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     src = work / "kernelbook.parquet"
     write_kernelbook(src, n_rows=rows, seed=7, duplicates=max(4, rows // 1000), empty_code=max(2, rows // 5000))
     lib = _run_worker(["--worker", "template-library", "--src", str(src)], _env(str(work / "lib")))
@@ -158,6 +162,7 @@ def bench_llm(calls: int, concurrency: int, latency: float, judge: bool) -> None
     from tests.fixtures.llm_server import LLMTestServer
 
     work = Path(tempfile.mkdtemp(prefix="prompt-gen-llm-bench-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     src = work / "kernelbook.parquet"
     write_kernelbook(src, n_rows=calls + 2, seed=11, duplicates=0, empty_code=2)  # `calls` distinct problems
     ideal = calls * latency / concurrency
