@@ -9,9 +9,13 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shutil
 import tempfile
 
 _SESSION_HOME = tempfile.mkdtemp(prefix="kernelbook-tests-")
+# Gone when the process ends (registered first, so it runs after every other exit handler, the
+# session's server long stopped): each session and xdist worker made one, about 13 MB, that stayed.
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = os.path.join(_SESSION_HOME, "prefect")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["KERNELBOOK_CACHE_DIR"] = os.path.join(_SESSION_HOME, "llm-cache")
