@@ -32,9 +32,9 @@ import argparse
 import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
-import shutil
 import sys
 import tempfile
 import time
