@@ -1,5 +1,5 @@
-"""The ``curate`` flow: load -> families -> filter -> decontaminate -> judge -> dedupe -> split
--> export.
+"""The ``curate`` flow: load -> families -> filter -> decontaminate -> screen -> judge -> dedupe
+-> split -> export.
 
 Run it with ``kernelbook curate`` (the CLI), ``python -m flows.curate``, or as a deployment
 (``prefect.yaml``). Parameters are flat and typed so every entry point passes the same ones.
@@ -14,6 +14,7 @@ from typing import Literal
 from prefect import flow
 
 from flows.analyze import analyze
+from kernelbook_lib.defaults import DEFAULT_SCREEN, ScreenMode
 from kernelbook_lib.loading import DEFAULT_SOURCE
 from kernelbook_lib.neardup import DEFAULT_NEAR_DUP_THRESHOLD
 from kernelbook_lib.stages import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION
@@ -29,8 +30,10 @@ from tasks.curate import (
     judge_rows,
     load_benchmarks,
     load_source,
+    mark_unscreened,
     prepare_out,
     resolve_judge,
+    screen_rows,
     split_by_family,
     validate_rows,
     write_run_summary,
@@ -57,6 +60,7 @@ def curate(
     near_dup: bool = True,
     near_dup_threshold: float = DEFAULT_NEAR_DUP_THRESHOLD,
     decontaminate: list[str] | None = None,
+    screen: ScreenMode = DEFAULT_SCREEN,
 ) -> dict:
     """Curate eval rollouts into the ``filtered`` and ``unique`` SFT datasets in ``out``."""
     started_at = now_iso()
@@ -66,10 +70,14 @@ def curate(
     families = group_families(loaded.frame, near_dup, near_dup_threshold)
     kept = filter_rewards(families.result.frame, threshold, limit)
     clean = decontaminate_rows(kept.frame, benchmarks, near_dup_threshold, families.forms)
-    judged, judge_info = judge_rows(clean.result.frame, resolve_judge(judge), refresh_judge)
+    judge_kind = resolve_judge(judge)
+    screened = screen_rows(clean.result.frame, screen, judge_kind)  # None with --screen off
+    screen_stage = [screened.result] if screened else []
+    to_judge = screened.result.frame if screened else mark_unscreened(clean.result.frame)
+    judged, judge_info = judge_rows(to_judge, judge_kind, refresh_judge)
     unique = dedupe(judged.frame, group_by)
     filtered_split, splitted, by_dataset = split_by_family(judged.frame, unique.frame, seed, val_fraction)
-    stages = [r.report for r in (loaded, families.result, kept, clean.result, judged, unique, splitted)]
+    stages = [r.report for r in (loaded, families.result, kept, clean.result, *screen_stage, judged, unique, splitted)]
     summary = export_outputs(
         out_dir,
         dict(
@@ -78,10 +86,11 @@ def curate(
             stages=stages, warnings=empty_result_warnings(stages),
             near_dup={**families.near_dup, "by_dataset": by_dataset},
             decontamination=clean.report or None,
+            screen=screened.report if screened else None,
         ),
         filtered_split,
         splitted.frame,
-        [loaded, kept, clean.result, judged],
+        [loaded, kept, clean.result, *screen_stage, judged],
     )
     judge_failure = judge_gate(judged, max_judge_failure_rate)  # before the analysis: says why
     if analysis and judge_failure is None:

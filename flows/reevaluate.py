@@ -32,6 +32,7 @@ from prefect import flow, get_run_logger
 
 from flows.curate import curate
 from flows.publish import publish as publish_flow
+from kernelbook_lib.defaults import DEFAULT_SCREEN, ScreenMode
 from kernelbook_lib.loading import DEFAULT_SOURCE, SplitName
 from kernelbook_lib.neardup import DEFAULT_NEAR_DUP_THRESHOLD
 from kernelbook_lib.stages import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION, GroupBy
@@ -61,6 +62,7 @@ def reevaluate(
     near_dup: bool = True,
     near_dup_threshold: float = DEFAULT_NEAR_DUP_THRESHOLD,
     decontaminate: list[str] | None = None,
+    screen: ScreenMode = DEFAULT_SCREEN,
     single_repo: str | None = None,
     task_runner: TaskRunnerKind = "default",
     dask_address: str | None = None,
@@ -77,7 +79,7 @@ def reevaluate(
         summary = curate.with_options(task_runner=runner)(
             source=source, split=split, threshold=threshold, judge=judge, limit=limit, seed=seed,
             val_fraction=val_fraction, group_by=group_by, out=out, analysis=True,
-            near_dup=near_dup, near_dup_threshold=near_dup_threshold, decontaminate=decontaminate, **options,
+            near_dup=near_dup, near_dup_threshold=near_dup_threshold, decontaminate=decontaminate, screen=screen, **options,
         )
     if summary.get("llm"):
         logger.info(f"re-evaluate: judge calls {summary['llm']}")

@@ -30,6 +30,7 @@ from kernelbook_lib.params import (
     Judge,
     ReevaluateParams,
     RunnerParams,
+    ScreenMode,
     SplitName,
     TaskRunner,
 )
@@ -230,6 +231,7 @@ def curate(
     near_dup: bool = _option(CurateParams, "near_dup", "--near-dup/--no-near-dup"),
     near_dup_threshold: float = _option(CurateParams, "near_dup_threshold"),
     decontaminate: Optional[list[str]] = _option(CurateParams, "decontaminate", "--decontaminate", metavar="SRC"),
+    screen: ScreenMode = _option(CurateParams, "screen"),
     task_runner: TaskRunner = _task_runner_option(),
     dask_address: Optional[str] = _dask_address_option(),
 ) -> None:
@@ -240,6 +242,7 @@ def curate(
         seed=seed, val_fraction=val_fraction, group_by=group_by, out=str(out), analysis=analysis,
         refresh_judge=refresh_judge, max_judge_failure_rate=max_judge_failure_rate,
         near_dup=near_dup, near_dup_threshold=near_dup_threshold, decontaminate=list(decontaminate or []),
+        screen=screen,
     )
     with _checked_and_locked("curate", values, task_runner, dask_address):
         from flows.curate import curate as curate_flow
@@ -269,6 +272,7 @@ def re_evaluate(
     near_dup: bool = _option(ReevaluateParams, "near_dup", "--near-dup/--no-near-dup"),
     near_dup_threshold: float = _option(ReevaluateParams, "near_dup_threshold"),
     decontaminate: Optional[list[str]] = _option(ReevaluateParams, "decontaminate", "--decontaminate", metavar="SRC"),
+    screen: ScreenMode = _option(ReevaluateParams, "screen"),
     single_repo: Optional[str] = _option(ReevaluateParams, "single_repo", "--single-repo", metavar="OWNER/NAME"),
     task_runner: TaskRunner = _option(ReevaluateParams, "task_runner", "--task-runner"),
     dask_address: Optional[str] = _option(ReevaluateParams, "dask_address", "--dask-address"),
@@ -279,7 +283,7 @@ def re_evaluate(
         source=source, split=split, judge=judge, out=str(out), publish=publish, private=private,
         threshold=threshold, limit=limit, seed=seed, val_fraction=val_fraction, group_by=group_by,
         max_judge_failure_rate=max_judge_failure_rate, near_dup=near_dup, near_dup_threshold=near_dup_threshold,
-        decontaminate=list(decontaminate or []), single_repo=single_repo,
+        decontaminate=list(decontaminate or []), screen=screen, single_repo=single_repo,
         task_runner=task_runner, dask_address=dask_address,
     )
     with _checked_and_locked("re-evaluate", values, task_runner, dask_address):

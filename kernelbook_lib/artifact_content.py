@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from kernelbook_lib.analysis import PAIRS
 from kernelbook_lib.ledger import StageReport
 from kernelbook_lib.prompt_gen import SyntheticSummary
-from kernelbook_lib.summary import RunSummary, format_decontamination, format_families
+from kernelbook_lib.summary import RunSummary, format_decontamination, format_families, format_screen
 
 #: ``curate``: the stages table, the summary and a link per output folder.
 CURATE_STAGES_KEY = "curate-stages"
@@ -146,6 +146,7 @@ def summary_markdown(summary: RunSummary | SyntheticSummary, out_dir: str | Path
                          f"seed {summary.seed}, validation {summary.val_fraction:g}"),
             *[(name, _dataset_line(name, counts, summary.near_dup)) for name, counts in summary.datasets.items()],
             *common_tail,
+            ("kernel screen", format_screen(summary.screen).removeprefix("screen ") if summary.screen else "off (--screen off)"),
             ("LLM", llm_line(summary.llm, "judged")),
             *timing,
         ]

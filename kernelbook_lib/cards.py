@@ -416,6 +416,7 @@ def _judged_body(kind: str, summary: Mapping[str, Any], splits: Mapping[str, int
         "a reply without `<answer>` tags) are never dropped silently: each is counted with its reason "
         "in the stage table below."
     )
+    parts += screen_paragraphs(summary)
     parts.append("**Judge.** " + _judge_section(summary))
     group_by = summary["group_by"]
     if group_by == "problem_id":
@@ -441,6 +442,50 @@ def _judged_body(kind: str, summary: Mapping[str, Any], splits: Mapping[str, int
         parts.append("## Correlations of difficulty, style and reward")
         parts.append(_analysis_section(analysis))
     return parts
+
+
+def screen_paragraphs(summary: Mapping[str, Any]) -> list[str]:
+    """The kernel screen of a judged dataset's card: what it rejected and flagged, and its rates
+    by reward band (a rate that rises with the reward is the signature of reward hacking)."""
+    report = summary.get("screen")
+    if not report:
+        return [
+            "**Kernel screen.** Off (`--screen off`): solutions were not checked for being Triton "
+            "kernels, and `kernel_flags` is null. A reward only says the outputs matched in the eval "
+            "harness; it does not say the work was done by a Triton kernel."
+        ]
+    rejected = report.get("rejected") or {}
+    flagged = report.get("flagged") or {}
+    strict = report.get("mode") == "strict"
+    text = (
+        f"**Kernel screen.** Before the judge, every solution was read (parsed, never run) by the kernel "
+        f"screen `{report.get('version')}` in `{report.get('mode')}` mode, which follows what the solution's "
+        "`forward` executes by default. Of {rows} rows, {clean} are clean Triton kernels and {kept_flagged} were "
+        "kept with flags in `kernel_flags` ({flags}); {n_rejected} were rejected as not a Triton kernel "
+        "({kinds}) and are listed with their evidence in `rejected.jsonl`."
+    ).format(
+        rows=report.get("rows", 0), clean=report.get("kept_clean", 0), kept_flagged=report.get("kept_flagged", 0),
+        flags=", ".join(f"`{k}` {v}" for k, v in flagged.items()) or "none",
+        n_rejected=sum(rejected.values()), kinds=", ".join(f"`{k}` {v}" for k, v in rejected.items()) or "none",
+    )
+    text += (
+        " In strict mode rows flagged `partial`, `fallback` or `library` were rejected too."
+        if strict else
+        " A flag `partial:<ops>` means a kernel runs but the named operations of the reference stay in "
+        "PyTorch; `fallback:device`, a non-CUDA branch computes with PyTorch; `library:<name>`, a library "
+        "does part of the work. Filter on `kernel_flags` for kernels only."
+    )
+    bands = report.get("by_reward_band") or []
+    if bands:
+        text += "\n\n" + _table(
+            ["reward", "rows", "rejected", "flagged"],
+            [[b["band"], b["rows"], f"{b['rejected_rate']:.1%}", f"{b['flagged_rate']:.1%}"] for b in bands],
+        )
+    text += (
+        "\n\nThe screen sees only what the code says: outputs that are wrong but pass, or precision "
+        "tricks inside a kernel, show only when the kernel runs."
+    )
+    return [text]
 
 
 def _synthetic_body(summary: Mapping[str, Any]) -> list[str]:

@@ -19,3 +19,9 @@ GroupBy = Literal["problem_id", "module_name", "family_id"]
 
 #: The default similarity (exact Jaccard of shingle sets) at which two modules are one family.
 DEFAULT_NEAR_DUP_THRESHOLD = 0.7
+
+#: The kernel screen (kernelbook_lib.screening): standard rejects solutions that are not Triton
+#: kernels and flags partial conversions; strict also rejects partial, fallback and library
+#: flags; off runs no screen stage.
+ScreenMode = Literal["standard", "strict", "off"]
+DEFAULT_SCREEN: ScreenMode = "standard"

@@ -14,7 +14,12 @@ from kernelbook_lib.ledger import StageResult, rejections
 from kernelbook_lib.llm import ledger_reason, LLMOutcome, LLMRequest
 from kernelbook_lib.rubric import JUDGE_PROMPT_VERSION, JUDGE_TASK, JudgeReply
 from kernelbook_lib.stages import add_score
-from kernelbook_lib.static_judge import STATIC_JUDGE_NAME, analyze_module, difficulty_of, style_of, verdict_rationale
+from kernelbook_lib.static_judge import (
+    STATIC_JUDGE_NAME, analyze_module, analyze_solution, difficulty_of, style_from_features, verdict_rationale,
+)
+
+#: Internal columns the kernel screen adds when the static judge follows (kernelbook_lib.screening).
+STYLE, STYLE_WHY = "_style", "_style_why"
 
 VERDICT_SCHEMA: dict[str, pl.DataType] = {
     schema.ROW: pl.Int64(),
@@ -27,16 +32,25 @@ VERDICT_SCHEMA: dict[str, pl.DataType] = {
 def static_verdicts(frame: pl.DataFrame) -> pl.DataFrame:
     """Static-judge verdicts for every row of ``frame`` (deterministic, never executes code).
 
-    The module's difficulty is computed once per problem; style once per row."""
+    The module's difficulty is computed once per problem. Style comes from the kernel screen
+    when it ran with the static judge in view (``_style``/``_style_why``: the screen parsed the
+    solution already, and its flags cap the score), else it is computed here, once per row."""
     difficulty_by_problem: dict[str, tuple[int, str]] = {}
     rows: dict[str, list] = {c: [] for c in VERDICT_SCHEMA}
-    for row, problem, code, answer in frame.select(
-        schema.ROW, "problem_id", schema.PYTHON_CODE, schema.SOLUTION
-    ).iter_rows():
+    n = frame.height
+    styles = frame.get_column(STYLE).to_list() if STYLE in frame.columns else [None] * n
+    whys = frame.get_column(STYLE_WHY).to_list() if STYLE_WHY in frame.columns else [None] * n
+    flags = frame.get_column("kernel_flags").to_list() if "kernel_flags" in frame.columns else [None] * n
+    for (row, problem, code, answer), given, given_why, row_flags in zip(
+        frame.select(schema.ROW, "problem_id", schema.PYTHON_CODE, schema.SOLUTION).iter_rows(), styles, whys, flags
+    ):
         if problem not in difficulty_by_problem:
             difficulty_by_problem[problem] = difficulty_of(analyze_module(code))
         difficulty, why_difficulty = difficulty_by_problem[problem]
-        style, why_style = style_of(answer)
+        if given is not None:
+            style, why_style = given, given_why
+        else:
+            style, why_style = style_from_features(analyze_solution(answer), tuple(row_flags or ()))
         rows[schema.ROW].append(row)
         rows["difficulty"].append(difficulty)
         rows["style"].append(style)

@@ -23,11 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from kernelbook_lib.defaults import (
     DEFAULT_NEAR_DUP_THRESHOLD,
+    DEFAULT_SCREEN,
     DEFAULT_SEED,
     DEFAULT_SOURCE,
     DEFAULT_THRESHOLD,
     DEFAULT_VAL_FRACTION,
     GroupBy,
+    ScreenMode,
     SplitName,
 )
 from kernelbook_lib.errors import UserError
@@ -97,6 +99,7 @@ class _CurateOptions(_Params):
     near_dup: bool = Field(True, description="Group near-duplicate modules into families (MinHash over a normalised form of the code); off (--no-near-dup) makes every problem its own family.")
     near_dup_threshold: float = Field(DEFAULT_NEAR_DUP_THRESHOLD, gt=0.0, le=1.0, description="Similarity (Jaccard of the normalised modules' shingles, above 0 and at most 1) at which two modules are one family, or a row copies a benchmark item.")
     decontaminate: list[str] | None = Field(None, description=_DECONTAMINATE)
+    screen: ScreenMode = Field(DEFAULT_SCREEN, description="The kernel screen, before the judge: standard rejects solutions that are not Triton kernels (no kernel, none launched, PyTorch computes, reference bypass, cached or constant output) and flags partial conversions in kernel_flags; strict also rejects rows flagged partial, fallback or library; off runs no screen.")
 
 
 class CurateParams(_CurateOptions):

@@ -81,6 +81,9 @@ INTERNAL_COLUMNS: tuple[str, ...] = (ROW, SOURCE_SPLIT, MODULE_NAME, PYTHON_CODE
 JUDGED_SCHEMA: dict[str, pl.DataType] = {
     "problem_id": pl.String(),
     "family_id": pl.String(),  # the near-duplicate family: the smallest problem_id among its members
+    # The kernel screen's flags (kernelbook_lib.screening): [] for a clean kernel, e.g.
+    # ["partial:conv2d"] when a kernel runs but work stays in PyTorch; null with --screen off.
+    "kernel_flags": pl.List(pl.String()),
     "difficulty": pl.Int64(),
     "style": pl.Int64(),
     "judge": pl.String(),  # e.g. "static-ast-v1" or "llm"
@@ -115,4 +118,6 @@ REJECTED_SCHEMA: dict[str, pl.DataType] = {
     "detail": pl.String(),
 }
 
-STAGES: tuple[str, ...] = ("load", "families", "filter", "decontaminate", "judge", "dedupe", "split")
+STAGES: tuple[str, ...] = ("load", "families", "filter", "decontaminate", "screen", "judge", "dedupe", "split")
+#: The stages of a run with ``--screen off`` (no screen stage).
+STAGES_UNSCREENED: tuple[str, ...] = tuple(s for s in STAGES if s != "screen")

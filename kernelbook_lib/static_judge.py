@@ -274,12 +274,17 @@ def _has_docstring(body: list[ast.stmt]) -> bool:
     return type(first) is ast.Expr and type(first.value) is ast.Constant and type(first.value.value) is str
 
 
-def analyze_solution(answer: str) -> SolutionFeatures:
-    """The style features of a Triton solution. One parse, one walk; never raises."""
+def analyze_solution(answer: str, tree: ast.Module | None = None) -> SolutionFeatures:
+    """The style features of a Triton solution. One parse, one walk; never raises.
+
+    ``tree``: the solution's code already parsed (the kernel screen parses it first and shares
+    its tree, so a row is parsed once)."""
     code = solution_code(answer) if isinstance(answer, str) else ""
     if not code.strip():
         return _unparsed_solution("empty solution", False)
-    tree, error = parse_code(code)
+    error = ""
+    if tree is None:
+        tree, error = parse_code(code)
     if tree is None:
         return _unparsed_solution(error, "triton.jit" in code)
 
@@ -412,9 +417,16 @@ def _unparsed_solution(error: str, jit_text: bool) -> SolutionFeatures:
     )
 
 
-def style_from_features(f: SolutionFeatures) -> tuple[int, str]:
+#: The highest style a solution flagged by the kernel screen can get (``partial``, ``fallback``,
+#: ``library``...): a solution that leaves work to PyTorch is not "very good" structure.
+FLAGGED_STYLE_CAP = 6
+
+
+def style_from_features(f: SolutionFeatures, screen_flags: tuple[str, ...] | list[str] = ()) -> tuple[int, str]:
     """The style score (0-10) of solution features and the rationale part (the features
-    found; the score itself is not repeated in it); see the module docstring."""
+    found; the score itself is not repeated in it); see the module docstring. ``screen_flags``:
+    the kernel screen's flags for the solution; a flagged solution gets at most
+    :data:`FLAGGED_STYLE_CAP`."""
     if not f.parsed:
         if f.parse_error == "empty solution":
             return 0, "empty solution"
@@ -475,6 +487,9 @@ def style_from_features(f: SolutionFeatures) -> tuple[int, str]:
         points -= 1
         notes.append("inductor boilerplate")
     score = max(2, min(10, points))
+    if screen_flags:
+        notes.append(f"kernel screen: {', '.join(screen_flags)} (style at most {FLAGGED_STYLE_CAP})")
+        score = min(score, FLAGGED_STYLE_CAP)
     return score, "; ".join(notes)
 
 

@@ -67,12 +67,15 @@ class RunSummary(BaseModel):
     #: The decontaminate stage: threshold, normalisation and per benchmark its items and the
     #: rows and problems it removed (None when no benchmark was given).
     decontamination: dict[str, Any] | None = None
+    #: The screen stage (kernelbook_lib.screening.screen_report): mode, version, rows rejected
+    #: per kind, kept per flag, rates per reward band; None with --screen off (no stage).
+    screen: dict[str, Any] | None = None
     llm: dict[str, Any] | None = None
     warnings: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _chain(self) -> RunSummary:
-        check_chain(self.stages, schema.STAGES)
+        check_chain(self.stages, schema.STAGES if self.screen is not None else schema.STAGES_UNSCREENED)
         return self
 
 
@@ -88,6 +91,8 @@ def format_table(summary: RunSummary) -> str:
         lines.append(format_families(summary.near_dup))
     if summary.decontamination:
         lines += format_decontamination(summary.decontamination)
+    if summary.screen:
+        lines.append(format_screen(summary.screen))
     for name, counts in summary.datasets.items():
         families = ((summary.near_dup or {}).get("by_dataset") or {}).get(name) or {}
         extra = f" ({families['families']} families)" if "families" in families else ""
@@ -114,6 +119,20 @@ def format_decontamination(report: dict[str, Any]) -> list[str]:
         f"({b['problems_removed']} problems)"
         for b in report.get("benchmarks", [])
     ]
+
+
+def format_screen(report: dict[str, Any]) -> str:
+    """One line for the terminal and the logs."""
+    rejected = ", ".join(f"{k.removeprefix('not_a_kernel:')} {v}" for k, v in report.get("rejected", {}).items()) or "none"
+    flagged = ", ".join(f"{k} {v}" for k, v in report.get("flagged", {}).items()) or "none"
+    bands = "; ".join(
+        f"{b['band']}: {b['rejected_rate']:.0%} rejected, {b['flagged_rate']:.0%} flagged" for b in report.get("by_reward_band", [])
+    )
+    return (
+        f"screen ({report.get('mode')}, {report.get('version')}): {report.get('rows', 0)} rows, "
+        f"{report.get('kept_clean', 0)} clean kernels, {report.get('kept_flagged', 0)} kept with flags ({flagged}), "
+        f"rejected: {rejected}" + (f"; by reward {bands}" if bands else "")
+    )
 
 
 def format_llm(accounting: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
-from kernelbook_lib import decontam, export, judging, loading, schema, stages
+from kernelbook_lib import decontam, export, judging, loading, schema, screening, stages
 from kernelbook_lib.errors import RunFailedError, SourceUnavailableError
 from kernelbook_lib.ledger import StageResult
 from kernelbook_lib.progress import Progress
@@ -116,6 +116,25 @@ def decontaminate_rows(
     return result
 
 
+@task(name="screen", **DATA_TASK)
+def screen_rows(frame: pl.DataFrame, mode: str, judge: str) -> screening.ScreenStage | None:
+    """The kernel screen (before the judge, so no call is paid for a row it rejects); None with
+    ``--screen off`` (no stage: the rows carry a null ``kernel_flags``). With the static judge
+    next, the screen's parse of each solution also gives the judge its style features."""
+    if mode == "off":
+        get_run_logger().info("screen: --screen off, solutions are not screened (kernel_flags is null)")
+        return None
+    with stage_progress("screen", screening.distinct_solutions(frame), unit="solutions") as progress:
+        result = screening.screen_rows(frame, mode, with_style=judge == "static", progress=progress, log=get_run_logger().info)  # type: ignore[arg-type]
+    _log_stage(result.result)
+    return result
+
+
+@task(name="mark-unscreened", **DATA_TASK)
+def mark_unscreened(frame: pl.DataFrame) -> pl.DataFrame:
+    return screening.mark_unscreened(frame)
+
+
 @task(name="filter-rewards", **DATA_TASK)
 def filter_rewards(frame: pl.DataFrame, threshold: float, limit: int | None) -> StageResult:
     result = stages.filter_rewards(frame, threshold, limit)
@@ -151,7 +170,8 @@ def judge_static(frame: pl.DataFrame) -> StageResult:
     advances as chunks finish."""
     # Only the columns the judge reads travel to the task runs (to other processes under a
     # process or Dask task runner), not the prompts and completions.
-    needed = frame.select(schema.ROW, "problem_id", schema.PYTHON_CODE, schema.SOLUTION)
+    wanted = (schema.ROW, "problem_id", schema.PYTHON_CODE, schema.SOLUTION, "kernel_flags", judging.STYLE, judging.STYLE_WHY)
+    needed = frame.select(c for c in wanted if c in frame.columns)
     chunks = [needed.slice(i, STATIC_CHUNK_ROWS) for i in range(0, needed.height, STATIC_CHUNK_ROWS)]
     futures = judge_static_chunk.map(chunks)
     rows_of = {id(future): chunk.height for future, chunk in zip(futures, chunks, strict=True)}

@@ -70,7 +70,7 @@ def test_counts_reconcile_and_every_dropped_row_is_in_the_ledger(sample_run):
     out, output = sample_run
     summary = json.loads((out / "run_summary.json").read_text())
     stages = summary["stages"]
-    assert [s["name"] for s in stages] == ["load", "families", "filter", "decontaminate", "judge", "dedupe", "split"]
+    assert [s["name"] for s in stages] == ["load", "families", "filter", "decontaminate", "screen", "judge", "dedupe", "split"]
     for stage in stages:
         assert stage["rows_in"] == stage["rows_out"] + sum(stage["dropped"].values())
     source_rows = pl.read_parquet(loading.SAMPLE_PATH).height
@@ -78,10 +78,10 @@ def test_counts_reconcile_and_every_dropped_row_is_in_the_ledger(sample_run):
     rejected = read_jsonl(out / "rejected.jsonl")
     assert stages[0]["rows_in"] == source_rows
     assert len(filtered) + len(rejected) == source_rows  # every source row is accounted for once
-    assert len(read_jsonl(out / "unique_dataset.jsonl")) == stages[5]["rows_out"]
+    assert len(read_jsonl(out / "unique_dataset.jsonl")) == stages[6]["rows_out"]
     assert summary["datasets"]["filtered"]["train"] + summary["datasets"]["filtered"]["validation"] == len(filtered)
     # The table printed at the end shows each stage.
-    for name in ("load", "families", "filter", "decontaminate", "judge", "dedupe", "split"):
+    for name in ("load", "families", "filter", "decontaminate", "screen", "judge", "dedupe", "split"):
         assert name in output
 
 

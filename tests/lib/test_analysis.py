@@ -39,6 +39,7 @@ def judged(
             "reward": reward,
             "problem_id": [f"p{i}" for i in range(n)],
             "family_id": [f"p{i}" for i in range(n)],
+            "kernel_flags": [[]] * n,
             "difficulty": difficulty,
             "style": style,
             "judge": [judge] * n,
@@ -256,7 +257,7 @@ def test_load_judged_names_missing_and_found_columns(tmp_path):
         analysis.load_judged(out)
     message = str(err.value)
     assert "['difficulty', 'judge_prompt_version']" in message
-    assert "columns found: ['example_id', 'reward', 'problem_id', 'family_id', 'style'" in message
+    assert "columns found: ['example_id', 'reward', 'problem_id', 'family_id', 'kernel_flags', 'style'" in message
 
 
 # --- plots -------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ def judged_frame(problems: list[int], rollouts: int = 2) -> pl.DataFrame:
         {
             "problem_id": [problem_id(r["info"]["python_code"]) for r in rows],
             "family_id": [problem_id(r["info"]["python_code"]) for r in rows],
+            "kernel_flags": [[]] * n,
             "difficulty": [3] * n,
             "style": [5] * n,
             "judge": ["static-ast-v1"] * n,
