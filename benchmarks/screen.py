@@ -99,6 +99,20 @@ def load_labels(pattern: str = DEFAULT_LABELS) -> tuple[dict[str, dict], list[st
     return labels, problems
 
 
+ADJUDICATION = "benchmarks/labels/screen_adjudication.jsonl"
+
+
+def apply_adjudication(labels: dict[str, dict]) -> list[str]:
+    """Replace the labels the lead adjudicated (only those in ``labels``); the ids replaced."""
+    replaced = []
+    for decision in _load_jsonl(REPO / ADJUDICATION):
+        ident = decision["id"]
+        if ident in labels:
+            labels[ident] = {**labels[ident], **{k: decision[k] for k in ("verdict", "kinds", "ops")}}
+            replaced.append(ident)
+    return replaced
+
+
 def outcome(verdict) -> str:
     if verdict.reject is not None:
         return "rejected"
@@ -187,9 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--labels", default=DEFAULT_LABELS,
                         help=f"label files (a glob, relative to the repository; default {DEFAULT_LABELS})")
+    parser.add_argument("--adjudicated", action="store_true",
+                        help=f"apply the lead's decisions in {ADJUDICATION} (see screen_rule.md) to the labels")
     args = parser.parse_args(argv)
     rows = load_rows(args.data)
     labels, problems = load_labels(args.labels)
+    adjudicated = apply_adjudication(labels) if args.adjudicated else []
     unknown = sorted(set(labels) - set(rows))
     problems += [f"{ident}: no such row in the data" for ident in unknown]
     pairs = []
@@ -216,10 +233,13 @@ def main(argv: list[str] | None = None) -> int:
                                "detail": v.detail} for label, v in disagreements],
             "kind_differences": [{"id": label["id"], "label": label_text(label), "screen": shown(v)}
                                  for label, v in kind_differences],
-            "label_problems": problems, "timing": times,
+            "label_problems": problems, "timing": times, "adjudicated": adjudicated,
         }, indent=2))
         return 0
     print(f"kernel screen {screen_module.SCREEN_VERSION}: {len(pairs)} labelled rows of {len(rows)} ({args.labels})")
+    if args.adjudicated:
+        print(f"adjudicated: {len(adjudicated)} label(s) replaced by the decisions in {ADJUDICATION}"
+              + (f" ({', '.join(adjudicated)})" if adjudicated else ""))
     print()
     print("confusion (all labelled rows)")
     print("\n".join(overall))

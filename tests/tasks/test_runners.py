@@ -22,10 +22,12 @@ SMALL_CHUNK_ROWS = 12  # the sample's rows to judge make several chunks
 
 
 def sample_chunks() -> int:
-    """How many chunks of SMALL_CHUNK_ROWS the sample's rows above the threshold make."""
-    from kernelbook_lib import loading, stages
+    """How many chunks of SMALL_CHUNK_ROWS the sample's rows that reach the judge make (above the
+    threshold and kept by the kernel screen)."""
+    from kernelbook_lib import loading, screening, stages
 
-    judged = stages.filter_rewards(loading.prepare(loading.read_source("sample")).frame).report.rows_out
+    kept = stages.filter_rewards(loading.prepare(loading.read_source("sample")).frame).frame
+    judged = screening.screen_rows(kept, "standard").result.report.rows_out
     return math.ceil(judged / SMALL_CHUNK_ROWS)
 CHUNK_TASK = "judge-static-chunk"
 VOLATILE_SUMMARY_FIELDS = ("started_at", "finished_at", "run_id")  # wall-clock times and the id of the run
