@@ -6,7 +6,8 @@ runner (near-duplicate families on, the default), the same with `--no-near-dup`,
 `--task-runner dask`, and the ratio of each to a bare polars + `ast` baseline doing the same
 minimal work on the same file in the same run (read, filter, find the answer, parse both
 sources, keep the best row per problem, write parquet). For the runs with families it prints
-what the families stage did (problems, families, its own time from the run's log). The
+what the families stage did (problems, families, its own time from the run's log) and what the
+kernel screen did (rows kept clean, flagged and rejected; its own wall time and rows/s). The
 analysis (plots of every row) is a separate stage and is timed on its own at the end. The load
 average before each run is printed: other work on the machine shows directly in the times.
 
@@ -61,6 +62,7 @@ best.drop("solution", "code").write_parquet(dst + "/unique.parquet")
 
 
 _FAMILIES_TIME = re.compile(r"families: .* pairs compared in ([0-9.]+) s")
+_SCREEN_TIME = re.compile(r"screen: ([0-9]+) rows, ([0-9]+) distinct solutions in ([0-9.]+) s \(([0-9,]+) rows/s\)")
 
 
 def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
@@ -121,6 +123,13 @@ def main() -> None:
                 print(f"    families: {near['problems']:,} problems in {near['families']:,} families "
                       f"({near['distinct_forms']:,} distinct normalised forms, {near['pairs_compared']:,} pairs compared), "
                       f"stage {stage_time.group(1) if stage_time else '?'} s")
+            screened = summary.get("screen") or {}
+            screen_time = _SCREEN_TIME.search(output)
+            if screened:
+                print(f"    screen: {screened['rows']:,} rows, {screened['distinct_solutions']:,} distinct solutions, "
+                      f"{screened['kept_clean']:,} clean, {screened['kept_flagged']:,} flagged, "
+                      f"{sum(screened['rejected'].values()):,} rejected; stage "
+                      + (f"{screen_time.group(3)} s ({screen_time.group(4)} rows/s)" if screen_time else "? s"))
             if "ERROR" in output or "Traceback" in output:
                 print("note: the run printed an ERROR line or a traceback")
         wall, rss, _ = run_measured([sys.executable, "-m", "kernelbook_cli", "analyze", "--input", str(work / "out-default-families")])

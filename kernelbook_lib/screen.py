@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from kernelbook_lib.module_analysis import parse_code
 from kernelbook_lib.screen_facts import ClassInfo, TreeFacts, same_op
+from kernelbook_lib.screen_values import PARAM
 from kernelbook_lib.screen_walk import C, DEFAULT, LIST, MAX_STEPS, NONE, T, Frame, V, Walker
 
 SCREEN_VERSION = "screen-v1"
@@ -297,6 +298,8 @@ def _constant_value(walker: Walker, value: V, ref: _Reference, depth: int = 0) -
     if value.k == LIST and value.items and depth < 4:
         parts = [_constant_value(walker, item, ref, depth + 1) for item in value.items]
         return "a tuple of " + " and ".join(dict.fromkeys(parts)) if all(parts) else ""
+    if value.k == T and value.src == PARAM and ref.ops and walker.from_params([value]):
+        return "a value computed only from the module's parameters and constants, never from its inputs"
     if value.k != T or not value.allocs or value.allocs & walker.written:
         return ""
     kinds = {walker.buffers[i][0] for i in value.allocs}

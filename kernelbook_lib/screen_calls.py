@@ -18,9 +18,9 @@ from kernelbook_lib.screen_facts import (
     TORCH_PLUMBING,
 )
 from kernelbook_lib.screen_values import (
-    C, CLASS, DECO, DEFAULT, DICT, Frame, FUNC, INDUCTOR_GLUE, INIT_NAMES, KERNEL, LAMBDA, LAUNCHER,
-    LAYER, LIST, MAX_CALL_DEPTH, MOD, NONE, NONE_VALUE, OBJ, REF, S, SCALAR, SUPER, T, tensor_value,
-    UNK, UNKNOWN, UNMISTAKABLE, V,
+    C, CLASS, DATA, DECO, DEFAULT, DICT, Frame, FUNC, INDUCTOR_GLUE, INIT_NAMES, joint_src, KERNEL,
+    LAMBDA, LAUNCHER, LAYER, LIST, MAX_CALL_DEPTH, MOD, NONE, NONE_VALUE, OBJ, PARAM, REF, S, SCALAR,
+    SUPER, T, tensor_value, UNK, UNKNOWN, UNMISTAKABLE, V,
 )
 
 
@@ -81,13 +81,17 @@ class CallsMixin:
                     "type", "print", "repr", "format", "divmod", "abs", "any", "all", "issubclass", "ord", "chr"):
             if name == "abs" and args and args[0].k == T:
                 return self.torch_call("torch.abs", "abs", node, args, kwargs, fr, ctx)
+            if name in ("int", "float", "bool", "round", "abs"):  # `float(t)`: a value read from t
+                return self.scalar(args)
             return SCALAR
         if name in ("min", "max"):
             if any(a.k == T for a in args):
                 return self.torch_call(f"torch.{name}imum", f"{name}imum", node, args, kwargs, fr, ctx)
-            return SCALAR
+            return self.scalar(args)
         if name == "sum":
             if args and args[0].k == LIST and any(i.k == T and not i.small for i in (args[0].items or [])):
+                if self.from_params(args):  # `sum([self.w1, self.w2])`: folding parameters
+                    return self.param_result("add", node.lineno)
                 self.compute("add", ctx, node.lineno, fr, "calls sum over tensors")
                 return tensor_value()
             return SCALAR if not args or args[0].k != T else V(T, small=args[0].small, src="computed")
@@ -302,7 +306,8 @@ class CallsMixin:
                 name = node.args[0].value
                 if isinstance(name, str):
                     value = args[1]
-                    recv.attrs[name] = value if value.k != T else tensor_value("param")
+                    recv.attrs[name] = value if value.k != T else V(
+                        T, src=PARAM, allocs=self.new_buffer("param", node.lineno, name))
                 return NONE_VALUE
             if attr in ("eval",) and recv.attrs is not None:
                 recv.attrs["training"] = V(C, const=False, src="training")
@@ -403,6 +408,8 @@ class CallsMixin:
             src = {"data_ptr": "key", "numel": "numel", "nelement": "numel"}.get(attr, "")
             if attr == "size" and not node.args:
                 src = "shape"
+            if attr in ("item", "tolist", "numpy"):  # values read from the tensor's data
+                src = self.scalar([recv]).src
             return V(S, allocs=recv.allocs, src=src)
         same = V(T, src=recv.src, allocs=recv.allocs, small=recv.small)
         if attr in ("split", "chunk", "unbind", "tensor_split", "split_with_sizes"):
@@ -428,7 +435,7 @@ class CallsMixin:
             return same
         base = attr[:-1] if attr.endswith("_") and not attr.startswith("_") else attr
         if base in COMPUTE or base in ("index_put", "masked_scatter", "scatter", "index_add", "index_copy"):
-            glue = self.glue([recv, *(a for a in args if a.k == T)], base)
+            glue = self.glue([recv, *(a for a in args if a.k == T)], base, [recv, *args, *kwargs.values()], line)
             if glue is not None:
                 return glue
             self.compute(base, ctx, line, fr, f"calls {self.text(node.func)}")
@@ -453,6 +460,11 @@ class CallsMixin:
             low = self.low_dtype(dtype_node)
             if low:
                 self.precision(low, ctx, line, fr, f"allocates a {low} buffer with {name}")
+        data = [a for a in (*args, *kwargs.values()) if a.k == S and a.src in (PARAM, DATA)]
+        if data:  # `torch.tensor(total.item())`, `torch.full(shape, v)`: values read from tensors
+            if self.from_params(data):
+                return self.param_result(name, line)
+            return tensor_value("computed", small=name in ("tensor", "as_tensor", "scalar_tensor"))
         small = False
         if not name.endswith("_like") and name not in ("tensor", "as_tensor", "from_numpy", "scalar_tensor"):
             shape = [a for a in node.args if type(a) is not ast.Starred]
@@ -535,7 +547,7 @@ class CallsMixin:
                         "concurrent", "contextlib", "copy", "builtins"):
                 if root == "copy" and args:
                     return args[0]
-                return SCALAR
+                return self.scalar(args)  # `math.sqrt(v)`: read from data when v is
             if resolved in ("einops.rearrange", "einops.repeat") or root == "einops" and last in ("rearrange", "repeat"):
                 return next((V(T, src=a.src, allocs=a.allocs, small=a.small) for a in args if a.k == T), tensor_value())
             self.write(*args, *kwargs.values())
@@ -553,7 +565,10 @@ class CallsMixin:
             if namespace.startswith("nn.init") or namespace.startswith("nn.utils"):
                 return SCALAR
             if last in NN_HOLDERS:
-                return tensor_value("param")
+                if not fr.init and any(a.k == T and a.src not in (PARAM, "alloc") for a in tensors):
+                    # `nn.Parameter(h)` on a value computed in forward: still that value
+                    return V(T, src=joint_src(tensors), allocs=frozenset().union(*(a.allocs for a in tensors)))
+                return V(T, src=PARAM, allocs=self.new_buffer("param", line, f"{last} at line {line}"))
             if last in NN_CONTAINERS:
                 ops: list[tuple[str, str]] = []
                 items: list[V] = []
@@ -587,9 +602,10 @@ class CallsMixin:
             if not tensors:
                 return tensor_value("computed")
             allocs = frozenset().union(*(a.allocs for a in tensors))
+            src = joint_src(tensors)
             if last in ("split", "chunk", "unbind", "tensor_split", "broadcast_tensors", "split_with_sizes"):
-                return V(LIST, items=[V(T, src=tensors[0].src, allocs=allocs, small=all(a.small for a in tensors))])
-            return V(T, src=tensors[0].src, allocs=allocs, small=all(a.small for a in tensors))
+                return V(LIST, items=[V(T, src=src, allocs=allocs, small=all(a.small for a in tensors))])
+            return V(T, src=src, allocs=allocs, small=all(a.small for a in tensors))
         if last in TORCH_PLUMBING or last in SCALAR_METHODS:
             return SCALAR
         if last in CASTS:
@@ -607,7 +623,7 @@ class CallsMixin:
         out = kwargs.get("out")
         if out is not None:
             self.write(out)
-        glue = self.glue(tensors, last)
+        glue = self.glue(tensors, last, [*args, *kwargs.values()], line)
         if glue is not None:
             return glue
         if last in ("pad", "unfold") and namespace == "nn.functional":

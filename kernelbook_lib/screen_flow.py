@@ -12,7 +12,7 @@ import ast
 
 from kernelbook_lib.screen_values import (
     C, CLASS, DEFAULT, DICT, EXCEPTIONS_FOR_IMPORTS, Frame, FUNC, KERNEL, LAMBDA, LAUNCHER, LAYER,
-    LIST, MAX_NESTING, MOD, NONE, NONE_VALUE, OBJ, REF, S, SCALAR, T, UNKNOWN, V,
+    LIST, MAX_NESTING, MOD, NONE, NONE_VALUE, OBJ, PARAM, REF, S, SCALAR, T, UNKNOWN, V,
 )
 
 
@@ -56,9 +56,10 @@ class FlowMixin:
             value = self.ev(node.value, fr, ctx)
             result = self.binop(node.op, target, value, node, fr, ctx)
             if target.k == T and result.k == T:  # in place: the same buffer, now computed on
-                if not (result.src == "alloc" or result.small and target.small):
+                if not (result.src in ("alloc", PARAM) or result.small and target.small):
                     self.write(target)
-                result = V(T, src=target.src, allocs=target.allocs, small=result.small)
+                src = PARAM if result.src == PARAM else target.src  # `scale *= self.gain`
+                result = V(T, src=src, allocs=target.allocs, small=result.small)
             if type(node.target) is ast.Name:
                 fr.env[node.target.id] = result
             elif type(node.target) is ast.Attribute:
@@ -314,7 +315,8 @@ class FlowMixin:
         elif t is ast.Attribute:
             owner = self.ev(target.value, fr, ctx)
             if owner.k == OBJ and owner.attrs is not None:
-                if not fr.init and value.k == T:
+                if not fr.init and value.k == T and not self.from_params([value]):
+                    # a tensor kept on the module across calls (parameters folded in forward stay parameters)
                     value = V(T, src="state", allocs=value.allocs, small=value.small)
                 elif value.k == DICT:
                     value.src = "persistent"  # an attribute outlives the call

@@ -7,6 +7,16 @@ known), ``NONE``, a Triton kernel or a launcher (``kernel[grid]``), a function, 
 of the module, an ``nn`` layer (with the operations it computes), a namespace (``MOD``: ``torch``,
 ``F``, ``triton``), a list, a dict (``persistent`` when it outlives the call), a lambda, the
 reference module (``REF``), ``super()`` or a Triton decorator.
+
+Where a value comes from is its ``src``. Two matter for what counts as compute:
+
+* :data:`PARAM`: derived only from the module's parameters, buffers and constants (``self.w``,
+  ``self.bn.running_var``, an ``nn.Parameter``, Python numbers), never from the entry point's
+  inputs or a kernel's output. PyTorch arithmetic whose operands are all of this kind is
+  parameter preparation (``bn.weight / torch.sqrt(bn.running_var + bn.eps)``, ``self.w.t() * 2``),
+  glue wherever it happens, and its result is again of this kind.
+* :data:`DATA`: a Python value read from tensor data that is not only parameters
+  (``partials.sum().item()``, ``float(t)``), so that arithmetic with it stays compute.
 """
 
 from __future__ import annotations
@@ -22,6 +32,13 @@ T, S, C, NONE, KERNEL, LAUNCHER, FUNC, CLASS, OBJ, LAYER, MOD, LIST, DICT, LAMBD
     "T", "S", "C", "NONE", "KERNEL", "LAUNCHER", "FUNC", "CLASS", "OBJ", "LAYER", "MOD", "LIST", "DICT",
     "LAMBDA", "REF", "SUPER", "DECO", "UNK")
 DEFAULT: tuple = ()
+#: ``src`` of a tensor or Python value derived only from parameters, buffers and constants.
+PARAM = "param"
+#: ``src`` of a Python value read from tensor data not only of parameters (``.item()``).
+DATA = "data"
+#: Buffer kinds (``Walker.buffers``) a parameter-derived value may be or view: parameters and
+#: buffers of the module, and fresh allocations (as long as no kernel wrote them).
+PARAM_BUFFERS = frozenset(("param", "alloc"))
 MAX_CALL_DEPTH = 12
 MAX_NESTING = 120  # nested expressions / blocks followed before the walker stops descending
 MAX_STEPS = 60_000
@@ -74,6 +91,14 @@ NONE_VALUE = V(NONE)
 def tensor_value(src: str = "computed", allocs: frozenset = frozenset(), small: bool = False) -> V:
     """A tensor value (``src``: ``input``, ``alloc``, ``param``, ``computed``, ``state``, ``cached``)."""
     return V(T, src=src, allocs=allocs, small=small)
+
+
+def joint_src(tensors: list[V]) -> str:
+    """The ``src`` of a tensor made of ``tensors`` (``torch.cat``, ``broadcast_tensors``): theirs
+    when they agree, else the first that is neither a fresh buffer nor a parameter, then a fresh
+    buffer: a parameter joined with an input is neither parameter-derived nor fresh."""
+    srcs = [v.src for v in tensors]
+    return next((s for s in srcs if s not in ("alloc", PARAM)), "alloc" if "alloc" in srcs else srcs[0])
 
 
 class Frame:

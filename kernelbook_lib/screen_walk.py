@@ -26,9 +26,9 @@ from kernelbook_lib.screen_calls import CallsMixin
 from kernelbook_lib.screen_facts import BINOPS, ClassInfo, layer_op, NN_CONTAINERS, SMALL_GLUE, TreeFacts
 from kernelbook_lib.screen_flow import FlowMixin
 from kernelbook_lib.screen_values import (  # C, DEFAULT, LIST, MAX_STEPS, NONE, T, Frame, V: also for kernelbook_lib.screen
-    C, CLASS, DEFAULT, DICT, fold, Frame, FUNC, KERNEL, LAMBDA, LAUNCHER, LAYER, LIST, MAX_NESTING,
-    MAX_STEPS, MOD, NONE, NONE_VALUE, OBJ, REF, S, SCALAR, SCALAR_TYPES, SETTING_NAMES, Stop, SUPER,
-    T, tensor_value, UNK, UNKNOWN, V,
+    C, CLASS, DATA, DEFAULT, DICT, fold, Frame, FUNC, KERNEL, LAMBDA, LAUNCHER, LAYER, LIST, MAX_NESTING,
+    MAX_STEPS, MOD, NONE, NONE_VALUE, OBJ, PARAM, PARAM_BUFFERS, REF, S, SCALAR, SCALAR_TYPES,
+    SETTING_NAMES, Stop, SUPER, T, tensor_value, UNK, UNKNOWN, V,
 )
 
 
@@ -53,6 +53,9 @@ class Walker(FlowMixin, CallsMixin):
         # buffer -> (kernel, "constant" | "none"): passed only to kernels that store constants or nothing
         self.const_filled: dict[int, tuple[str, str]] = {}
         self.module_env: dict[str, V] = {}
+        # (id of the layer or module, attribute) -> (that value, its buffer): `self.bn.weight`
+        # is the same buffer each time it is read, so a kernel writing it is seen later.
+        self.param_buffers: dict[tuple[int, str], tuple[V, frozenset]] = {}
 
     def event(self, kind: str, ctx: tuple, line: int, *payload: Any) -> None:
         self.events.append((kind, ctx, line, *payload))
@@ -215,8 +218,21 @@ class Walker(FlowMixin, CallsMixin):
         init = self.find_method(info, "__init__")
         if init is not None:
             owner, node = init
+            before = set(self.written)
             self.call_function(node, owner, obj, args, kwargs or {}, DEFAULT, line, init=True)
+            # Set-up code initialising parameters (`self.weight.copy_(...)`) is not a kernel
+            # writing them: they stay parameters.
+            self.written -= {i for i in self.written - before if self.buffers[i][0] == "param"}
         return obj
+
+    def param_tensor(self, owner: V | None, attr: str, line: int) -> V:
+        """A parameter or buffer of a module (``self.conv.weight``): the same buffer each time."""
+        key = (id(owner), attr)
+        found = self.param_buffers.get(key)
+        if found is None or found[0] is not owner:
+            found = (owner, self.new_buffer("param", line, attr))  # type: ignore[assignment]
+            self.param_buffers[key] = found  # type: ignore[assignment]
+        return V(T, src=PARAM, allocs=found[1])  # type: ignore[index]
 
     def lookup(self, name: str, fr: Frame) -> V:
         found = fr.env.get(name)
@@ -319,7 +335,7 @@ class Walker(FlowMixin, CallsMixin):
         if t is ast.UnaryOp:
             operand = self.ev(node.operand, fr, ctx)
             if operand.k == T and type(node.op) in (ast.USub, ast.Invert):
-                glue = self.glue([operand], "neg")
+                glue = self.glue([operand], "neg", [operand], node.lineno)
                 if glue is not None:
                     return glue
                 self.compute("neg", ctx, node.lineno, fr, f"negates {self.text(node.operand)}")
@@ -328,14 +344,14 @@ class Walker(FlowMixin, CallsMixin):
                 return V(C, const=not operand.const, src=operand.src)
             if operand.k == C and type(node.op) is ast.USub and isinstance(operand.const, (int, float)):
                 return V(C, const=-operand.const)
-            return operand if operand.k == T else SCALAR
+            return operand if operand.k in (T, S) else SCALAR
         if t is ast.Compare:
             left = self.ev(node.left, fr, ctx)
             others = [self.ev(c, fr, ctx) for c in node.comparators]
             if any(type(op) in (ast.Is, ast.IsNot, ast.In, ast.NotIn) for op in node.ops):
                 return SCALAR
             tensors = [v for v in (left, *others) if v.k == T]
-            glue = self.glue(tensors, "compare")
+            glue = self.glue(tensors, "compare", [left, *others], node.lineno)
             if glue is not None:
                 return glue
             if tensors:
@@ -429,7 +445,7 @@ class Walker(FlowMixin, CallsMixin):
                         return self.call_function(fn, cls, owner, [], {}, ctx, node.lineno)
                     return V(FUNC, ref=(fn, cls, owner, None))
             if attr in ("weight", "bias") and self.layer_base(info) is not None:
-                return tensor_value("param")
+                return self.param_tensor(owner, attr, node.lineno)
             return UNKNOWN
         if k == MOD:
             return V(MOD, ref=f"{owner.ref}.{attr}")
@@ -458,7 +474,7 @@ class Walker(FlowMixin, CallsMixin):
         if k == LAYER:
             if attr in ("weight", "bias", "running_mean", "running_var", "in_proj_weight", "in_proj_bias",
                         "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
-                return tensor_value("param")
+                return self.param_tensor(owner, attr, node.lineno)
             if attr in ("eps", "momentum", "num_groups", "stride", "padding", "dilation", "groups",
                         "kernel_size", "in_channels", "out_channels", "in_features", "out_features",
                         "negative_slope", "training", "p", "normalized_shape", "output_padding",
@@ -507,6 +523,8 @@ class Walker(FlowMixin, CallsMixin):
         tensors = [v for v in (left, right) if v.k == T]
         name = BINOPS.get(type(op), "binary")
         if type(op) is ast.MatMult and (tensors or UNK in (left.k, right.k)):
+            if tensors and self.from_params([left, right]):  # `self.w1 @ self.w2`: folding weights
+                return self.param_result("matmul", node.lineno)
             self.compute("matmul", ctx, node.lineno, fr, "uses @")
             return tensor_value()
         if not tensors:
@@ -517,8 +535,8 @@ class Walker(FlowMixin, CallsMixin):
                     return V(C, const=fold(op, left.const, right.const))
                 except Exception:  # noqa: BLE001 - folding literals only
                     return SCALAR
-            return SCALAR if UNK not in (left.k, right.k) else UNKNOWN
-        glue = self.glue(tensors, name)
+            return self.scalar([left, right]) if UNK not in (left.k, right.k) else UNKNOWN
+        glue = self.glue(tensors, name, [left, right], getattr(node, "lineno", 0))
         if glue is not None:
             return glue
         self.compute(name, ctx, node.lineno, fr, f"computes {self.optext(node, name)}")
@@ -532,10 +550,12 @@ class Walker(FlowMixin, CallsMixin):
             return f"{self.text(node.target)} {name}="
         return name
 
-    def glue(self, tensors: list[V], op: str) -> V | None:
+    def glue(self, tensors: list[V], op: str, operands: list[V], line: int) -> V | None:
         """The value of an operation that is glue, or None when it is compute: over a kernel's
-        partial results (``partials.sum()``, ``total / n``), or over fresh buffers no kernel has
-        written (a dropout mask drawn from ``rand``): nothing that depends on the inputs."""
+        partial results (``partials.sum()``, ``total / n``), over fresh buffers no kernel has
+        written (a dropout mask drawn from ``rand``), or over the module's parameters, buffers
+        and constants only (``bn.weight / torch.sqrt(bn.running_var + bn.eps)``): nothing that
+        depends on the inputs. ``operands``: every operand, tensors or not."""
         if not tensors:
             return None
         if all(v.small for v in tensors) and op in SMALL_GLUE:
@@ -543,7 +563,54 @@ class Walker(FlowMixin, CallsMixin):
         if all(v.src == "alloc" and v.allocs and not (v.allocs & self.written) for v in tensors):
             return V(T, src="alloc", allocs=frozenset().union(*(v.allocs for v in tensors)),
                      small=all(v.small for v in tensors))
+        if self.from_params(operands):
+            return self.param_result(op, line)
         return None
+
+    def from_params(self, operands: list[V]) -> bool:
+        """Whether ``operands`` derive only from the module's parameters, buffers and constants,
+        at least one being a parameter or a value computed from parameters: tensors of kind
+        :data:`PARAM` (or fresh buffers) that are or view no input and nothing a kernel (or
+        unknown code) wrote, Python values not read from other tensors' data, literals. An
+        input, a computed tensor, a kernel's partial results or an unknown value rule it out."""
+        found = False
+        stack, seen = list(operands), set()
+        while stack:
+            v = stack.pop()
+            k = v.k
+            if k == T:
+                if v.src == PARAM:
+                    found = True
+                elif v.src != "alloc" or not v.allocs:
+                    return False
+                if v.allocs & self.written or any(self.buffers[i][0] not in PARAM_BUFFERS for i in v.allocs):
+                    return False
+            elif k == S:
+                if v.src == DATA:
+                    return False
+                found = found or v.src == PARAM
+            elif k == LIST:
+                if v.items is None:
+                    return False
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    stack.extend(v.items)
+            elif k in (UNK, DICT, REF, OBJ, LAYER):
+                return False
+        return found
+
+    def param_result(self, op: str, line: int) -> V:
+        """A tensor computed from parameters only: a fresh buffer of its own, so that a kernel
+        writing into it later is seen."""
+        return V(T, src=PARAM, allocs=self.new_buffer("param", line, f"{op} of parameters at line {line}"))
+
+    def scalar(self, values: list[V]) -> V:
+        """A Python value computed from ``values``: :data:`PARAM` when only from parameters,
+        :data:`DATA` when read from other tensor data, else a plain setting."""
+        data = [v for v in values if v.k == T or v.k == S and v.src in (PARAM, DATA)]
+        if not data:
+            return SCALAR
+        return V(S, src=PARAM if self.from_params(data) else DATA)
 
     def compute(self, op: str, ctx: tuple, line: int, fr: Frame, what: str) -> None:
         if fr.init:

@@ -9,6 +9,7 @@ persist results. The one expensive, paid stage (LLM calls) is cached per call, b
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 
 import polars as pl
@@ -124,9 +125,16 @@ def screen_rows(frame: pl.DataFrame, mode: str, judge: str) -> screening.ScreenS
     if mode == "off":
         get_run_logger().info("screen: --screen off, solutions are not screened (kernel_flags is null)")
         return None
-    with stage_progress("screen", screening.distinct_solutions(frame), unit="solutions") as progress:
+    distinct = screening.distinct_solutions(frame)
+    started = time.perf_counter()
+    with stage_progress("screen", distinct, unit="solutions") as progress:
         result = screening.screen_rows(frame, mode, with_style=judge == "static", progress=progress, log=get_run_logger().info)  # type: ignore[arg-type]
+    wall = time.perf_counter() - started
     _log_stage(result.result)
+    get_run_logger().info(
+        f"screen: {frame.height} rows, {distinct} distinct solutions in {wall:.1f} s ({frame.height / wall if wall else 0:,.0f} rows/s)"
+        + (", style features for the static judge from the same parse" if judge == "static" else "")
+    )
     return result
 
 

@@ -451,6 +451,251 @@ def test_a_matmul_operator_is_named_as_the_reference_names_it():
     assert "uses @" in verdict.detail
 
 
+# --- parameter preparation is glue -------------------------------------------------------------
+
+REF_BN_RELU = """
+import torch
+import torch.nn as nn
+
+class Model(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.norm(x))
+
+def get_inputs():
+    return [torch.rand(2, 6, 12, 12)]
+
+def get_init_inputs():
+    return [6]
+"""
+
+AFFINE_RELU_KERNEL = """
+@triton.jit
+def affine_relu_kernel(x_ptr, scale_ptr, shift_ptr, y_ptr, n, channels, plane, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    ch = (offs // plane) % channels
+    v = tl.load(x_ptr + offs, mask=mask)
+    a = tl.load(scale_ptr + ch, mask=mask)
+    b = tl.load(shift_ptr + ch, mask=mask)
+    tl.store(y_ptr + offs, tl.maximum(v * a + b, 0.0), mask=mask)
+"""
+
+
+def bn_relu_solution(fold: str) -> str:
+    """A BatchNorm2d + ReLU solution whose launcher computes ``gain`` and ``offset`` (per-channel
+    vectors) with the statements ``fold`` in PyTorch, then launches one kernel over the input."""
+    body = textwrap.dedent("""
+        def launch_norm_act(inp, norm):
+        FOLD
+            inp = inp.contiguous()
+            res = torch.empty_like(inp)
+            total = inp.numel()
+            grid = (triton.cdiv(total, 512),)
+            affine_relu_kernel[grid](inp, gain, offset, res, total, inp.shape[1],
+                                     inp.shape[2] * inp.shape[3], BLOCK=512)
+            return res
+
+        class ModelNew(nn.Module):
+            def __init__(self, channels):
+                super().__init__()
+                self.norm = nn.BatchNorm2d(channels)
+                self.act = nn.ReLU()
+
+            def forward(self, x):
+                return launch_norm_act(x, self.norm)
+    """)
+    return solution(AFFINE_RELU_KERNEL, body.replace("FOLD", textwrap.indent(textwrap.dedent(fold).strip(), " " * 4)))
+
+
+def test_folding_batch_norm_parameters_in_pytorch_is_glue():
+    code = bn_relu_solution("""
+        gain = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        offset = norm.bias - norm.running_mean * gain
+    """)
+    verdict = check(code, REF_BN_RELU)
+    assert (verdict.reject, verdict.flags, verdict.detail) == (None, (), "")
+    # Spelled with tensor methods, in-place updates and a Python scalar read from a parameter.
+    methods = bn_relu_solution("""
+        gain = norm.running_var.add(norm.eps).rsqrt()
+        gain *= norm.weight
+        offset = norm.bias.clone()
+        offset -= norm.running_mean.mul(gain)
+        offset = offset + float(norm.weight.sum().item()) * 0.0
+    """)
+    verdict = check(methods, REF_BN_RELU)
+    assert (verdict.reject, verdict.flags) == (None, ())
+
+
+def test_folding_with_a_statistic_of_the_input_stays_partial():
+    code = bn_relu_solution("""
+        mean = inp.mean(dim=(0, 2, 3))
+        var = inp.var(dim=(0, 2, 3), unbiased=False)
+        gain = norm.weight / torch.sqrt(var + norm.eps)
+        offset = norm.bias - mean * gain
+    """)
+    verdict = check(code, REF_BN_RELU)
+    assert verdict.reject is None
+    assert verdict.flags == ("partial:add,div,mean,mul,sqrt,sub,var",)
+    assert "inp.mean" in verdict.detail
+
+
+def test_folding_with_a_value_from_a_kernel_output_stays_compute():
+    partial_sums = """
+        @triton.jit
+        def sum_partial(x_ptr, part_ptr, n, BLOCK: tl.constexpr):
+            pid = tl.program_id(0)
+            offs = pid * BLOCK + tl.arange(0, BLOCK)
+            tl.store(part_ptr + pid, tl.sum(tl.load(x_ptr + offs, mask=offs < n, other=0.0), axis=0))
+    """
+    statistic = """
+        blocks = triton.cdiv(inp.numel(), 512)
+        part = torch.empty(blocks, device=inp.device, dtype=torch.float32)
+        sum_partial[(blocks,)](inp, part, inp.numel(), BLOCK=512)
+        mu = {read}
+        gain = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        offset = norm.bias - mu * gain
+    """
+    for read in ("part.sum().item() / inp.numel()", "float(part.sum()) / inp.numel()",
+                 "torch.tensor(part.sum().item())"):
+        code = solution(partial_sums) + bn_relu_solution(statistic.format(read=read))
+        verdict = check(code, REF_BN_RELU)
+        assert verdict.flags == ("partial:mul,sub",), read
+        assert "mu * gain" in verdict.detail
+
+
+def test_a_buffer_a_kernel_writes_is_no_longer_a_parameter():
+    code = solution(AFFINE_RELU_KERNEL, COPY_KERNEL, """
+        class ModelNew(nn.Module):
+            def __init__(self, channels):
+                super().__init__()
+                self.norm = nn.BatchNorm2d(channels)
+                self.register_buffer("stat", torch.zeros(channels))
+
+            def forward(self, x):
+                # a kernel writes the buffer from the input, then PyTorch computes with it
+                copy_kernel[(1,)](x, self.stat, self.stat.numel(), BLOCK=64)
+                gain = self.norm.weight / torch.sqrt(self.stat + self.norm.eps)
+                shift = self.norm.bias - self.norm.running_mean * gain
+                y = torch.empty_like(x)
+                n = x.numel()
+                affine_relu_kernel[(triton.cdiv(n, 256),)](x, gain, shift, y, n, x.shape[1],
+                                                           x.shape[2] * x.shape[3], BLOCK=256)
+                return y
+    """)
+    verdict = check(code, REF_BN_RELU)
+    assert verdict.flags == ("partial:add,div,mul,sqrt,sub",)  # gain, and so shift, derive from the input
+    assert "self.stat + self.norm.eps" in verdict.detail
+
+
+def test_weights_prepared_in_init_or_set_up_code_stay_parameters():
+    code = bn_relu_solution("""
+        gain = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        offset = norm.bias - norm.running_mean * gain
+    """).replace("self.act = nn.ReLU()", "self.act = nn.ReLU()\n"
+                 "        with torch.no_grad():\n"
+                 "            self.norm.weight.copy_(torch.rand(channels))")
+    assert "copy_" in code
+    verdict = check(code, REF_BN_RELU)
+    assert (verdict.reject, verdict.flags) == (None, ())
+
+
+MATMUL_KERNEL = """
+@triton.jit
+def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        a = tl.load(a_ptr + rm[:, None] * K + (k0 + rk)[None, :])
+        b = tl.load(b_ptr + (k0 + rk)[:, None] * N + rn[None, :])
+        acc += tl.dot(a, b)
+    tl.store(c_ptr + rm[:, None] * N + rn[None, :], tl.maximum(acc, 0.0))
+"""
+
+
+def linear_solution(forward: str, init: str = "self.fc = nn.Linear(fin, fout)") -> str:
+    """A Linear + ReLU solution: ``forward`` (which calls ``triton_mm_relu(a, b)``, a Triton
+    ``relu(a @ b)``) and the ``__init__`` statements ``init``."""
+    body = textwrap.dedent("""
+        def triton_mm_relu(a, b):
+            M, K = a.shape
+            N = b.shape[1]
+            out = torch.empty((M, N), device=a.device, dtype=a.dtype)
+            matmul_kernel[(triton.cdiv(M, 32), triton.cdiv(N, 32))](a, b, out, M, N, K, BM=32, BN=32, BK=32)
+            return out
+
+        class ModelNew(nn.Module):
+            def __init__(self, fin, fout):
+                super().__init__()
+        INIT
+
+            def forward(self, x):
+        FORWARD
+    """)
+    return solution(MATMUL_KERNEL, body.replace("INIT", textwrap.indent(textwrap.dedent(init).strip(), " " * 8))
+                    .replace("FORWARD", textwrap.indent(textwrap.dedent(forward).strip(), " " * 8)))
+
+
+def test_a_linear_weight_transposed_or_scaled_in_pytorch_for_a_triton_matmul_is_clean():
+    for forward in (
+        "w = self.fc.weight.t().contiguous()\nreturn triton_mm_relu(x, w)",
+        "w = (self.fc.weight * 0.5).t().contiguous() * 2.0\nreturn triton_mm_relu(x, w)",
+        "return triton_mm_relu(x, torch.transpose(self.fc.weight, 0, 1) / self.fc.weight.shape[0] * x.shape[0])",
+    ):
+        verdict = check(linear_solution(forward), REF_LINEAR_RELU)
+        assert (verdict.reject, verdict.flags) == (None, ()), forward
+    # Weights folded in forward and kept on the module are still parameters, not a cached output.
+    kept = linear_solution("""
+        if self.wt is None:
+            self.wt = self.fc.weight.t().contiguous() * 1.0
+        return triton_mm_relu(x, self.wt)
+    """, init="self.fc = nn.Linear(fin, fout)\nself.wt = None")
+    verdict = check(kept, REF_LINEAR_RELU)
+    assert (verdict.reject, verdict.flags) == (None, ())
+    # Two parameters multiplied with `@` (a low-rank factorisation folded) is parameter preparation too.
+    low_rank = linear_solution("return triton_mm_relu(x, (self.u @ self.v).t())",
+                               init="self.u = nn.Parameter(torch.randn(fout, 4))\n"
+                                    "self.v = nn.Parameter(torch.randn(4, fin))")
+    verdict = check(low_rank, REF_LINEAR_RELU)
+    assert (verdict.reject, verdict.flags) == (None, ())
+
+
+def test_arithmetic_mixing_a_parameter_with_the_input_stays_compute():
+    verdict = check(linear_solution("return triton_mm_relu(x @ self.fc.weight.t(), torch.eye(x.shape[0]))"),
+                    REF_LINEAR_RELU)
+    assert verdict.flags == ("partial:linear",)
+    scaled = check(linear_solution("return triton_mm_relu(x * self.fc.weight[0], self.fc.weight.t())"),
+                   REF_LINEAR_RELU)
+    assert scaled.flags == ("partial:mul",)
+    joined = check(linear_solution("return triton_mm_relu(x, torch.cat([self.fc.weight, x]).t() * 2)"),
+                   REF_LINEAR_RELU)
+    assert joined.flags == ("partial:mul",)
+    unknown = check(linear_solution("return triton_mm_relu(x, self.fc.weight.t() * helper_scale(x))"),
+                    REF_LINEAR_RELU)
+    assert unknown.flags == ("partial:mul",)
+    # A function's `weight` argument is an input, not a parameter of a module (TritonBench).
+    reference = """
+import torch
+
+def scaled_mm_relu(x, weight):
+    return torch.relu(x @ (weight * 2.0))
+"""
+    function = solution(MATMUL_KERNEL, """
+        def scaled_mm_relu(x, weight):
+            w = (weight * 2.0).contiguous()
+            out = torch.empty((x.shape[0], w.shape[1]), device=x.device, dtype=x.dtype)
+            matmul_kernel[(1, 1)](x, w, out, x.shape[0], w.shape[1], x.shape[1], BM=32, BN=32, BK=32)
+            return out
+    """)
+    assert check(function, reference).flags == ("partial:mul",)
+
+
 def test_a_non_cuda_branch_computing_with_pytorch_is_a_device_fallback():
     early = solution(RELU_KERNEL, LAUNCH_HELPER, module("""
         if not x.is_cuda:
@@ -842,6 +1087,29 @@ def test_constant_outputs_are_rejected():
         verdict = check(code)
         assert verdict.reason == "not_a_kernel:constant_output"
         assert words in verdict.detail
+
+
+def test_an_output_computed_only_from_parameters_is_a_constant_output():
+    for forward in ("""
+        scratch = triton_relu(x)
+        return self.gain * 2.0
+    """, """
+        out = torch.zeros_like(x)
+        scratch = triton_relu(x)
+        out += self.gain
+        return out
+    """):
+        code = solution(RELU_KERNEL, LAUNCH_HELPER, module(forward, init="self.gain = nn.Parameter(torch.ones(64))"))
+        verdict = check(code)
+        assert verdict.reason == "not_a_kernel:constant_output"
+        assert "only from the module's parameters" in verdict.detail
+    # A registered buffer that a kernel writes holds the kernel's output.
+    written = solution(RELU_KERNEL, module("""
+        relu_kernel[(triton.cdiv(x.numel(), 128),)](x, self.out, x.numel(), BLOCK=128)
+        return self.out.view_as(x)
+    """, init='self.register_buffer("out", torch.empty(64 * 64))'))
+    assert check(written).flags == ()
+    assert check(written).reject is None
 
 
 def test_a_long_chain_of_temporaries_from_load_to_store_still_stores_data():
