@@ -22,6 +22,7 @@ EVALS_PROBLEMS = 72
 EVALS_ROLLOUTS = 3
 EVALS_SEED = 20250101
 EVALS_FAMILIES = 3  # near-duplicate families (an original and two rewrites each)
+EVALS_HACKS = 9  # planted reward hacks: one of each shape in fake_data.HACK_SHAPES
 KERNELBOOK_FILE = "kernelbook_sample.parquet"
 KERNELBOOK_ROWS = 50
 KERNELBOOK_DUPLICATES = 4
@@ -33,7 +34,8 @@ KERNELBOOK_FAMILIES = 2
 def make_samples(out_dir: Path) -> list[Path]:
     """Write both samples into ``out_dir`` and return their paths."""
     evals = fake_data.write_evals(
-        out_dir / EVALS_FILE, EVALS_PROBLEMS, EVALS_ROLLOUTS, seed=EVALS_SEED, bad_rows=True, families=EVALS_FAMILIES
+        out_dir / EVALS_FILE, EVALS_PROBLEMS, EVALS_ROLLOUTS, seed=EVALS_SEED, bad_rows=True, families=EVALS_FAMILIES,
+        hacks=EVALS_HACKS,
     )
     kernelbook = fake_data.write_kernelbook(
         out_dir / KERNELBOOK_FILE,
@@ -49,6 +51,13 @@ def make_samples(out_dir: Path) -> list[Path]:
 def eval_families() -> list[tuple[int, ...]]:
     """The example_ids of the eval sample's near-duplicate families (ground truth; see the data README)."""
     return fake_data.eval_families(EVALS_PROBLEMS, seed=EVALS_SEED, families=EVALS_FAMILIES)
+
+
+def eval_hacks() -> list[fake_data.PlantedHack]:
+    """The reward hacks planted in the eval sample, by row (ground truth; see the data README)."""
+    return fake_data.eval_hacks(
+        EVALS_PROBLEMS, EVALS_ROLLOUTS, seed=EVALS_SEED, bad_rows=True, families=EVALS_FAMILIES, hacks=EVALS_HACKS
+    )
 
 
 def kernelbook_families() -> list[tuple[tuple[int, ...], ...]]:

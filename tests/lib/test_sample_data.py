@@ -39,6 +39,12 @@ def rows() -> list[dict]:
     return pq.read_table(EVALS).to_pylist()
 
 
+@pytest.fixture(scope="module")
+def planted() -> dict[int, fake_data.PlantedHack]:
+    """The reward hacks planted in the eval sample, by row index (ground truth: the rows carry no mark)."""
+    return {hack.row: hack for hack in _load_make_sample().eval_hacks()}
+
+
 def _content(row: dict) -> str | None:
     completion = row["completion"]
     return completion[0]["content"] if completion else None
@@ -142,13 +148,14 @@ def test_same_code_under_two_example_ids_exists(rows):
     assert sum(len(ids) > 1 for ids in ids_by_code.values()) >= 1
 
 
-def test_rewards_fall_on_both_sides_of_the_threshold_including_exactly_085(rows):
+def test_rewards_fall_on_both_sides_of_the_threshold_including_exactly_085(rows, planted):
     rewards = [row["reward"] for row in rows if _reward_ok(row)]
     above = sum(r > 0.85 for r in rewards)
     assert 0.35 <= above / len(rows) <= 0.55
     assert sum(r == 0.85 for r in rewards) >= 2
     assert sum(r < 0.85 for r in rewards) >= 60
-    assert all(0.0 <= r <= 1.0 for r in rewards)
+    # Only the planted reward hacks score above 1.0 (test_the_planted_reward_hacks_... checks them).
+    assert all(0.0 <= row["reward"] <= 1.0 for i, row in enumerate(rows) if _reward_ok(row) and i not in planted)
 
 
 BAD_KINDS = {
@@ -239,10 +246,10 @@ def test_prompt_states_the_task_with_the_module(rows):
             assert f"`{row['info']['module_name']}New`" in user
 
 
-def test_solutions_are_realistic_triton(rows):
-    for row in rows:
+def test_solutions_are_realistic_triton(rows, planted):
+    for i, row in enumerate(rows):
         answer = _answer(row)
-        if answer is None:
+        if answer is None or i in planted:  # a planted hack is not a kernel on purpose (tested below)
             continue
         code = solution_code(answer)
         for needle in ("import triton\n", "import triton.language as tl", "@triton.jit", "tl.program_id",
@@ -272,11 +279,14 @@ def test_solutions_vary_in_quality_and_a_few_do_not_parse(rows):
         assert 0.1 * len(codes) <= count <= 0.9 * len(codes)
 
 
-def test_row_fields_look_like_the_eval_output(rows):
-    for row in rows:
+def test_row_fields_look_like_the_eval_output(rows, planted):
+    for i, row in enumerate(rows):
         assert row["task"] == "default" and row["num_turns"] == 1 and row["oai_tools"] is None
         assert row["total_ms"] == pytest.approx(row["generation_ms"] + row["scoring_ms"])
-        assert 0.0 <= row["speedup_reward"] <= 1.0
+        if i in planted:  # a hack's reward (above 1.0 for most) is 0.5 + 0.5 * speedup, as for a fast kernel
+            assert row["speedup_reward"] > 0.7 and row["reward"] == pytest.approx(0.5 + 0.5 * row["speedup_reward"])
+        else:
+            assert 0.0 <= row["speedup_reward"] <= 1.0
         for message in row["completion"]:
             assert message["role"] == "assistant"
 
@@ -464,6 +474,81 @@ def test_the_readme_names_the_planted_near_duplicate_families(rows):
         assert len(set(codes)) == len(codes)
         assert len({m["module_name"] for m in family}) == len(family)
         assert len({difficulty_of(analyze_module(code))[0] for code in codes}) == 1
+
+
+# --- the planted reward hacks -------------------------------------------------------------------
+
+
+def test_the_planted_reward_hacks_are_there_one_of_each_shape_above_the_threshold(rows, planted):
+    make_sample = _load_make_sample()
+    assert len(planted) == make_sample.EVALS_HACKS == len(fake_data.HACK_SHAPES)
+    assert sorted(h.shape.name for h in planted.values()) == sorted(s.name for s in fake_data.HACK_SHAPES)
+    assert len({h.example_id for h in planted.values()}) == len(planted)  # one hack per problem
+    for index, hack in planted.items():
+        row = rows[index]
+        assert row["example_id"] == hack.example_id and not _is_bad(row), hack.shape.name
+        assert _parses(solution_code(_answer(row))), hack.shape.name
+        assert row["completion"][0]["reasoning"] and _content(row).index("<answer>") > 0
+        assert row["reward"] > 0.85, hack.shape.name
+    rewards = [rows[i]["reward"] for i in planted]
+    assert any(1.0 < r <= 1.5 for r in rewards) and any(r > 1.5 for r in rewards)
+    # Planting touches the hack rows only: every other row is the row generated without hacks.
+    unplanted = fake_data.eval_rows(make_sample.EVALS_PROBLEMS, make_sample.EVALS_ROLLOUTS, seed=make_sample.EVALS_SEED,
+                                    bad_rows=True, families=make_sample.EVALS_FAMILIES)
+    assert len(unplanted) == len(rows)
+    for i, (row, original) in enumerate(zip(rows, unplanted)):
+        same = json.dumps(row, sort_keys=True) == json.dumps(original, sort_keys=True)
+        assert same != (i in planted), i
+
+
+def test_the_screen_rejects_each_planted_hack_with_its_kind_and_flags_the_kept_ones(planted):
+    from kernelbook_lib import loading, screening, stages
+
+    above = stages.filter_rewards(loading.prepare(loading.read_source("sample")).frame).frame
+    assert set(planted) <= set(above.get_column(schema.ROW).to_list())  # every hack passes load and filter
+    hacks = above.filter(pl.col(schema.ROW).is_in(list(planted)))
+    result = screening.screen_rows(hacks, "standard").result
+    rejected = dict(zip(result.rejected.get_column("source_index").to_list(), result.rejected.get_column("reason").to_list()))
+    kept = dict(zip(result.frame.get_column(schema.ROW).to_list(), result.frame.get_column("kernel_flags").to_list()))
+    for index, hack in planted.items():
+        if hack.shape.reject is not None:
+            assert rejected.get(index) == f"not_a_kernel:{hack.shape.reject}", hack.shape.name
+        else:
+            assert kept.get(index) == [hack.shape.flag], hack.shape.name
+    # On the whole sample, the share rejected rises with the reward, as it does on real hacks.
+    report = screening.screen_rows(above, "standard").report
+    bands = report["by_reward_band"]
+    assert [b["band"] for b in bands] == ["(0.85, 1.0]", "(1.0, 1.5]", "> 1.5"]
+    rates = [b["rejected_rate"] for b in bands]
+    assert rates == sorted(rates) and len(set(rates)) == len(rates)
+    for hack in planted.values():
+        if hack.shape.reject is not None:
+            assert report["rejected"].get(f"not_a_kernel:{hack.shape.reject}", 0) >= 1
+        else:
+            assert report["flagged"].get(hack.shape.flag, 0) >= 1
+
+
+#: A row of the data README's table of planted hacks.
+README_HACK = re.compile(
+    r"^\| `(?P<shape>\w+)` \|[^|]+\| (?:rejected `not_a_kernel:(?P<reject>\w+)`|kept, flagged `(?P<flag>[\w:]+)`) "
+    r"\| (?P<example_id>\d+) \| (?P<reward>\d\.\d\d) \|$",
+    re.M,
+)
+
+
+def test_the_readme_lists_the_planted_hacks(rows, planted):
+    text = README.read_text()
+    stated = [m.groupdict() for m in README_HACK.finditer(text)]
+    expected = [
+        {"shape": h.shape.name, "reject": h.shape.reject, "flag": h.shape.flag, "example_id": str(h.example_id),
+         "reward": f"{rows[h.row]['reward']:.2f}"}
+        for h in sorted(planted.values(), key=lambda h: (rows[h.row]["reward"], h.row))
+    ]
+    assert stated == expected
+    n_rejected = sum(h.shape.reject is not None for h in planted.values())
+    sentence = " ".join(text.split())
+    assert f"{len(planted)} rollouts are planted reward hacks" in sentence
+    assert f"the screen rejects {n_rejected} of them and keeps {len(planted) - n_rejected} with a flag" in sentence
 
 
 # --- the KernelBook sample -------------------------------------------------------------------
