@@ -79,6 +79,7 @@ COLUMN_DOCS: dict[str, str] = {
     "oai_tools": "unused (null)",
     "problem_id": "first 16 hex digits of SHA-256 of the normalised PyTorch reference code (`info.python_code`)",
     "family_id": "the problem's near-duplicate family: the smallest `problem_id` among the modules that copy one another (its own `problem_id` when it has no near-duplicate); the split is by family",
+    "kernel_flags": "the kernel screen's flags for the solution: empty for a clean Triton kernel; `partial:<ops>` (these operations of the reference stay in PyTorch), `fallback:device` / `fallback:input` (some inputs or devices take a PyTorch path), `library:<name>`, `precision:<dtype>`, `timing:<what>`; null when the run used `--screen off`",
     "difficulty": "judged difficulty of the problem, 0-10",
     "style": "judged quality of the Triton solution, 0-10",
     "judge": "which judge produced `difficulty` and `style`",
@@ -527,16 +528,26 @@ def _synthetic_body(summary: Mapping[str, Any]) -> list[str]:
 
 
 def _near_dup_sentence(near_dup: Mapping[str, Any]) -> str:
-    """What the families stage did, in figures."""
-    return (
+    """What the families stage did, in figures, and how it decides (by its normalisation)."""
+    figures = (
         f"Near-duplicate modules were grouped into families: {near_dup.get('problems', 0)} problems in "
         f"{near_dup.get('families', 0)} families; {near_dup.get('problems_in_shared_families', 0)} problems are in a "
-        f"family of more than one, and the largest family has {near_dup.get('largest_family', 0)}. Two modules are "
-        f"one family when the Jaccard similarity of their normalised forms (normalisation "
-        f"`{near_dup.get('normalization')}`: imports, docstrings, comments, the `get_inputs` harness and names "
-        "the module defines itself left out or made canonical, numbers made one token; see the project README) "
-        f"is at least {near_dup.get('threshold')}, found with MinHash and LSH and confirmed exactly; a family is "
-        "a connected group of such pairs."
+        f"family of more than one, and the largest family has {near_dup.get('largest_family', 0)}. "
+    )
+    if near_dup.get("normalization") == "neardup-v1":
+        return figures + (
+            "Two modules are one family when the Jaccard similarity of their normalised forms (normalisation "
+            "`neardup-v1`: imports, docstrings, comments, the `get_inputs` harness and names the module defines "
+            f"itself left out or made canonical, numbers made one token) is at least {near_dup.get('threshold')}, "
+            "found with MinHash and LSH and confirmed exactly; a family is a connected group of such pairs."
+        )
+    return figures + (
+        f"Two modules are linked when the similarity of what their `forward` computes is at least "
+        f"{near_dup.get('threshold')} (normalisation `{near_dup.get('normalization')}`: the operations `forward` runs, "
+        "following the module's own layers and helpers, each spelling of an operation made one, names, constants, "
+        "shapes, the harness and dead code left out; found with MinHash and LSH and confirmed exactly), and a "
+        f"module joins a family only when it is linked to every member ({near_dup.get('linkage', 'complete')} "
+        "linkage), so two different modules are never joined through a third."
     )
 
 
