@@ -152,7 +152,8 @@ def main() -> None:
         print(f"peak RSS: {figures['peak_rss_mib']:,.0f} MiB (the stage's process), "
               f"{figures['timings']['worker_peak_rss_mib'] or 0:,.0f} MiB (largest normalisation worker)")
         print(f"{nd['distinct_forms']:,} distinct normalised forms, {nd['pairs_compared']:,} candidate pairs compared "
-              f"({nd['pairs_compared_exactly']:,} exactly), {nd['pairs_confirmed']:,} confirmed; {nd['families']:,} families, {nd['problems_in_shared_families']:,} "
+              f"({nd['pairs_compared_exactly']:,} exactly), {nd['pairs_confirmed']:,} confirmed; {nd['families']:,} families, "
+              f"{nd['problems_in_shared_families']:,} "
               f"modules in a family of more than one, the largest has {nd['largest_family']}")
         print(f"against the known families: precision {figures['precision']:.4f}, recall {figures['recall']:.4f} "
               f"(threshold {threshold}, {nd['normalization']})")

@@ -170,15 +170,15 @@ def largest_family(keys: list[str], family_of: list[str], forms: list[str]) -> N
         print(f"  {n:>5} x {seq[:160]}")
 
 
-def read_decontam_labels() -> dict[tuple[str, int], dict]:
-    path = LABELS / "decontam_matches.jsonl"
+def read_decontam_labels(name: str = "decontam_matches.jsonl") -> dict[tuple[str, int], dict]:
+    path = LABELS / name
     if not path.exists():
         return {}
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return {(row["kernelbench"], row["module"]): row for row in rows}
 
 
-def decontam(data: Path, threshold: float, workers: int | None) -> None:
+def decontam(data: Path, threshold: float, workers: int | None, label_file: str = "decontam_matches.jsonl") -> None:
     """The KernelBench problems as the reference items, every KernelBook module matched against
     them (its best match), as the ``decontaminate`` stage does."""
     from kernelbook_lib import neardup
@@ -196,7 +196,7 @@ def decontam(data: Path, threshold: float, workers: int | None) -> None:
     matches, compared = index.match(forms)
     wall = time.perf_counter() - started
     rows_of = Counter(key_of)
-    labels = read_decontam_labels()
+    labels = read_decontam_labels(label_file)
     found = [(keys[i], m) for i, m in enumerate(matches) if m is not None]
     print(f"{len(problems)} KernelBench problems against {len(codes):,} KernelBook modules ({len(keys):,} distinct codes); "
           f"{neardup.NORMALIZATION_VERSION}, threshold {threshold}; {compared:,} candidate pairs, {wall:.1f} s")  # fmt: skip
@@ -212,7 +212,7 @@ def decontam(data: Path, threshold: float, workers: int | None) -> None:
         print(f"{int(key):>5} {items[m.item]:<8} {m.similarity:.3f} {rows_of[key]:>3} {label:<10} {name}")
     labelled = same + different
     print(f"\nprecision on the labels: {same}/{labelled} = {same / labelled if labelled else float('nan'):.3f} "
-          f"({unlabelled} match(es) unlabelled; labels: benchmarks/labels/decontam_matches.jsonl)")  # fmt: skip
+          f"({unlabelled} match(es) unlabelled; labels: benchmarks/labels/{label_file})")  # fmt: skip
     stale = sorted(set(labels) - {(items[m.item], int(k)) for k, m in found})
     if stale:
         print(f"{len(stale)} labelled pair(s) no longer matched: " + ", ".join(f"{kb} {line}" for kb, line in stale))
@@ -227,6 +227,11 @@ def main() -> None:
     parser.add_argument("--sweep", type=float, nargs="+", help="print precision and recall at each of these thresholds")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--decontam", action="store_true", help="match KernelBench against KernelBook instead")
+    parser.add_argument("--labels", default="neardup_pairs*.jsonl",
+                        help="label files in benchmarks/labels (a glob; neardup_heldout.jsonl for the held-out pairs)")
+    parser.add_argument("--decontam-labels", default="decontam_matches.jsonl",
+                        help="with --decontam: the labels of the matches in benchmarks/labels (decontam_sample.jsonl: "
+                             "a random sample read in full by another reader)")
     parser.add_argument("--run", type=Path, help=argparse.SUPPRESS)  # the measured child process
     args = parser.parse_args()
 
@@ -239,14 +244,14 @@ def main() -> None:
         run_stage(args.data, thresholds, args.run, args.workers)
         return
     if args.decontam:
-        decontam(args.data, thresholds[0], args.workers)
+        decontam(args.data, thresholds[0], args.workers, args.decontam_labels)
         return
     threshold = thresholds[0]
     run = measured(args.data, [threshold, *(t for t in (args.sweep or []) if t != threshold)], args.workers)
     codes = read_modules(args.data)
     key_of, keys, _ = distinct_modules(codes)
     stats = run["stats"]
-    labels, skipped = read_labels()
+    labels, skipped = read_labels(args.labels)
     print(f"{len(codes):,} KernelBook modules, {len(keys):,} distinct codes; {stats['normalization']}, threshold {threshold}, "
           f"{stats['linkage']} linkage, operations share {stats['operations_share']}")  # fmt: skip
     print(f"families: {stats['families']:,} ({stats['problems_in_shared_families']:,} distinct modules in "

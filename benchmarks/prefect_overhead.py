@@ -45,7 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 _TEMP_DIRS: list[Path] = []
 _TIMINGS = re.compile(
-    r"timings \(s\): imports (?P<imports>[\d.-]+); server spawn->ready (?P<server>[\d.-]+)(?: \(spawned at (?P<spawned>[\d.-]+)\))?, waited (?P<waited>[\d.-]+); "
+    r"timings \(s\): imports (?P<imports>[\d.-]+); server spawn->ready (?P<server>[\d.-]+)"
+    r"(?: \(spawned at (?P<spawned>[\d.-]+)\))?, waited (?P<waited>[\d.-]+); "
     r"flow (?P<flow>[\d.-]+); shutdown (?P<shutdown>[\d.-]+) \(records (?P<records>[\d.-]+)\); "
     r"cpu: cli (?P<cpu_cli>[\d.]+)(?:, server (?P<cpu_server>[\d.]+))?"
 )

@@ -417,7 +417,8 @@ def commit_text(kind: str, summary: Mapping[str, Any], rows: Mapping[str, int]) 
         who = f"judge {summary.get('judge_model') or summary.get('judge', '?')}"
     message = f"Publish {kind}: {counts} rows ({who}, source {source})"
     lines = [f"kernelbook-curator {summary.get('version', __version__)}, {summary.get('pipeline', '?')} run finished at {summary.get('finished_at', '?')}."]
-    for key in ("split", "threshold", "limit", "judge", "judge_model", "judge_prompt_version", "generator_model", "generator_prompt_version", "group_by", "seed", "val_fraction"):
+    for key in ("split", "threshold", "limit", "judge", "judge_model", "judge_prompt_version", "generator_model",
+                "generator_prompt_version", "group_by", "seed", "val_fraction"):
         if summary.get(key) is not None:
             lines.append(f"{key}: {summary[key]}")
     for stage in summary.get("stages") or []:

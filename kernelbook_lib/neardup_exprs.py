@@ -170,7 +170,10 @@ class Expressions(Calls):
                 value = UNKNOWN if known is None else Const(known if kind is ast.Is else not known)
             elif kind in (ast.In, ast.NotIn):
                 value = UNKNOWN
-                if type(right) is Tup and type(left) is Const and left is not UNKNOWN and all(type(i) is Const and i is not UNKNOWN for i in (right.keys or right.items)):
+                members = right.keys or right.items if type(right) is Tup else ()
+                if type(right) is Tup and type(left) is Const and left is not UNKNOWN and all(
+                    type(i) is Const and i is not UNKNOWN for i in members
+                ):
                     found = any(i.value == left.value for i in (right.keys or right.items))
                     value = Const(found if kind is ast.In else not found)
             elif type(left) is Const and type(right) is Const:

@@ -240,7 +240,7 @@ class Graph:
             if changed:
                 continue
             # a * sigmoid(b) for two halves of one tensor -> glu(x)
-            for i, f in enumerate(out):
+            for f in out:
                 b = self.kid(f, "sigmoid")
                 if b is None or not self.is_(b, "part"):
                     continue

@@ -39,7 +39,7 @@ class FlowMixin:
         t = type(node)
         if t is ast.Expr:
             value = node.value
-            if not (type(value) is ast.Constant):  # docstrings are not code
+            if type(value) is not ast.Constant:  # docstrings are not code
                 self.ev(value, fr, ctx)
             return False, ctx
         if t is ast.Assign:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import polars as pl
 from prefect import get_run_logger, task
 
-from kernelbook_lib import decontam, prompt_gen, stages
+from kernelbook_lib import prompt_gen
 from kernelbook_lib.errors import RunFailedError, UserError
 from kernelbook_lib.ledger import StageResult
 from kernelbook_lib.llm import LLMRequest

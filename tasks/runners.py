@@ -23,7 +23,6 @@ This module imports Dask only when a Dask runner is asked for.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal

@@ -58,7 +58,7 @@ def test_each_option_takes_its_default_and_help_from_the_flow_model(command, mod
 def test_help_shows_every_option_its_help_and_the_models_choices(command, model, runner):
     text = help_of(command)
     fields = {**(runner.model_fields if runner else {}), **model.model_fields}
-    for name, option in options_of(command).items():
+    for option in options_of(command).values():
         for flag in (*option.opts, *option.secondary_opts):
             assert flag in text, f"{command} --help does not show {flag}"
     for name, field in fields.items():

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from tasks.local_server import healthy
 from tasks.runtime import INTERRUPTED_LINE

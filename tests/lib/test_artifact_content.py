@@ -126,8 +126,8 @@ def test_every_key_is_one_prefect_accepts():
 
 
 def test_correlation_rows_one_per_coefficient_and_one_for_an_undefined_pair():
-    coeff = lambda r, ci=None: {"r": r, "p": 0.001, **({"ci95": ci} if ci else {}), "strength": "weak",
-                                "direction": "positive", "significant": True}
+    def coeff(r, ci=None):
+        return {"r": r, "p": 0.001, **({"ci95": ci} if ci else {}), "strength": "weak", "direction": "positive", "significant": True}
     analysis = {"n": 40, "pairs": {
         "difficulty~reward": {"n": 40, "pearson": coeff(0.31234, [0.1, 0.5]), "spearman": coeff(0.3), "kendall": coeff(0.2)},
         "style~reward": {"n": 40, "undefined": True, "reason": "style is constant (every row is 5)"},

@@ -77,7 +77,7 @@ def test_a_rerun_of_prompt_generation_reads_back_the_new_prompts(tmp_path: Path,
         frame = pl.DataFrame({"prompt": prompts, "module_name": [f"M{i}" for i in range(len(prompts))],
                               "python_code": ["class M: pass"] * len(prompts)})
         summary = {"pipeline": "generate-prompts", "source": "sample", "split": "train", "stages": []}
-        prompt_gen.write_dataset_folder(folder, frame, lambda files: render_dataset_card(
+        prompt_gen.write_dataset_folder(folder, frame, lambda files, summary=summary, frame=frame: render_dataset_card(
             "synthetic", summary, {"train": frame.height}, data_files=files, columns=dict(frame.schema)))
         assert datasets.load_dataset(str(folder))["train"]["prompt"] == prompts
 
@@ -91,7 +91,7 @@ def test_a_folder_holds_exactly_one_runs_files(tmp_path: Path):
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
         shards = export.dataset_files(folder)
         assert files == sorted(["README.md", *shards["train"], *shards["validation"]])
-        for split, [shard] in shards.items():
+        for [shard] in shards.values():
             # The name carries the start of the file's SHA-256, and the card lists exactly it.
             assert Path(shard).stem.rsplit("-", 1)[1] == export.file_sha256(folder / shard)[: export.FINGERPRINT_CHARS]
             assert f"path: {shard}\n" in (folder / "README.md").read_text()

@@ -668,7 +668,10 @@ def test_created_tensors_joined_to_the_input_and_random_masks_are_operations():
     plain = module("return self.conv(x)", init="self.conv = nn.Conv2d(d, d, 1)")
     coords = module("c = torch.zeros_like(x); return self.conv(torch.cat([x, c], 1))", init="self.conv = nn.Conv2d(d, d, 1)")
     assert operations(coords) == ("cat", "conv2d") and not one_family(plain, coords)
-    helper = "class Drop(nn.Module):\n    @staticmethod\n    def mask(x, p):\n        return x.new_empty(x.shape).bernoulli_(1 - p) / (1 - p)\n\n    def forward(self, x):\n        return x * self.mask(x, 0.1)\n"
+    helper = (
+        "class Drop(nn.Module):\n    @staticmethod\n    def mask(x, p):\n        return x.new_empty(x.shape).bernoulli_(1 - p) / (1 - p)\n\n"
+        "    def forward(self, x):\n        return x * self.mask(x, 0.1)\n"
+    )
     dropped = module("return self.drop(F.relu(x))", init="self.drop = Drop()", extra=helper)
     assert operations(dropped) == ("relu", "mul")
 

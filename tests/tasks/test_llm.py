@@ -22,7 +22,7 @@ import tasks  # noqa: F401  (Prefect environment defaults, before prefect)
 
 from prefect import flow
 
-from kernelbook_lib import llm, prompt_gen, rubric
+from kernelbook_lib import llm, prompt_gen
 from kernelbook_lib.errors import UserError
 from kernelbook_lib.llm import LLMAuthError, LLMRequest
 from kernelbook_lib.rubric import JUDGE_TASK
