@@ -9,7 +9,8 @@ to a frame:
 * each distinct solution is parsed once (grouped by reference, so each reference is parsed once
   too and only one reference tree is alive at a time); when the static judge follows, the same
   tree also gives the judge its style features (``_style``, ``_style_why``), so the solution is
-  not parsed again;
+  not parsed again; from :data:`MIN_SOLUTIONS_FOR_POOL` distinct solutions on, the work is spread
+  over a process pool (one worker per core), with the same decisions;
 * a rejected row goes to the ledger as ``not_a_kernel:<kind>`` with the evidence in ``detail``;
   with ``--screen strict`` a row flagged ``partial``, ``fallback`` or ``library`` goes to the
   ledger as ``strict:<flag>``;
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 
 import polars as pl
 
@@ -34,6 +37,7 @@ from kernelbook_lib.defaults import ScreenMode
 from kernelbook_lib.judging import STYLE, STYLE_WHY
 from kernelbook_lib.ledger import StageResult, rejections
 from kernelbook_lib.module_analysis import parse_code
+from kernelbook_lib.neardup import default_workers
 from kernelbook_lib.screen import SCREEN_VERSION, ScreenVerdict, screen
 from kernelbook_lib.static_judge import analyze_solution, style_from_features
 from kernelbook_lib.summary import format_screen
@@ -81,24 +85,77 @@ class ScreenStage:
     report: dict = field(default_factory=dict)
 
 
-def _decide_all(frame: pl.DataFrame, with_style: bool, progress=None) -> dict[tuple[str, str], _Decision]:
+#: Below this many distinct solutions the screen runs in the calling process: a pool's start (a
+#: fresh process importing the screen) costs more than it saves.
+MIN_SOLUTIONS_FOR_POOL = 4000
+#: Solutions per task sent to a worker (whole references: a reference's solutions stay together).
+_POOL_CHUNK = 1000
+
+
+def _decide_group(ref_code: str, answers: list[str], with_style: bool) -> list[_Decision]:
+    """The decisions for the solutions of one reference, in order; the reference is parsed once
+    and each solution once (its tree shared with the static judge's style features)."""
+    ref_tree, _ = parse_code(ref_code)
+    out = []
+    for answer in answers:
+        code = solution_code(answer or "")
+        tree, _ = parse_code(code) if code.strip() else (None, "")
+        verdict = screen(code, ref_code, solution_tree=tree, reference_tree=ref_tree)
+        style = why = None
+        if with_style and verdict.reject is None:
+            style, why = style_from_features(analyze_solution(answer or "", tree=tree), verdict.flags)
+        out.append(_Decision(verdict, style, why))
+    return out
+
+
+def _decide_chunk(task: tuple[list[tuple[str, list[str]]], bool]) -> list[list[_Decision]]:
+    """A worker's share: several references with their solutions."""
+    groups, with_style = task
+    return [_decide_group(ref_code, answers, with_style) for ref_code, answers in groups]
+
+
+def _chunks(groups: list[tuple[str, list[str]]]) -> list[list[tuple[str, list[str]]]]:
+    chunks: list[list[tuple[str, list[str]]]] = [[]]
+    size = 0
+    for group in groups:
+        if size >= _POOL_CHUNK:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(group)
+        size += len(group[1])
+    return [c for c in chunks if c]
+
+
+def _decide_all(frame: pl.DataFrame, with_style: bool, progress=None, workers: int | None = None) -> dict[tuple[str, str], _Decision]:
     """One decision per distinct (reference, solution) pair, each solution parsed once, grouped
-    by reference so each reference is parsed once."""
+    by reference so each reference is parsed once. Many solutions are screened in a process pool
+    (``workers``: default the cores this process may use); the decisions do not depend on it."""
     pairs = frame.select(schema.PYTHON_CODE, schema.SOLUTION).unique(maintain_order=True)
+    groups = [
+        (reference[0] or "", group.get_column(schema.SOLUTION).to_list())
+        for reference, group in pairs.group_by(schema.PYTHON_CODE, maintain_order=True)
+    ]
+    workers = default_workers() if workers is None else max(1, workers)
     decisions: dict[tuple[str, str], _Decision] = {}
-    for reference, group in pairs.group_by(schema.PYTHON_CODE, maintain_order=True):
-        ref_code = reference[0] or ""
-        ref_tree, _ = parse_code(ref_code)
-        for answer in group.get_column(schema.SOLUTION).to_list():
-            code = solution_code(answer or "")
-            tree, _ = parse_code(code) if code.strip() else (None, "")
-            verdict = screen(code, ref_code, solution_tree=tree, reference_tree=ref_tree)
-            style = why = None
-            if with_style and verdict.reject is None:
-                style, why = style_from_features(analyze_solution(answer or "", tree=tree), verdict.flags)
-            decisions[ref_code, answer] = _Decision(verdict, style, why)
+    if workers == 1 or pairs.height < MIN_SOLUTIONS_FOR_POOL:
+        for ref_code, answers in groups:
+            for answer, decision in zip(answers, _decide_group(ref_code, answers, with_style), strict=True):
+                decisions[ref_code, answer] = decision
             if progress is not None:
-                progress.advance(1)
+                progress.advance(len(answers))
+        return decisions
+    chunks = _chunks(groups)
+    # forkserver, not fork: the caller holds threads (polars, Prefect) that a fork would copy in a
+    # locked state (as the families stage's pool, kernelbook_lib.neardup.normalize_many).
+    context = get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context) as pool:
+        for chunk, results in zip(chunks, pool.map(_decide_chunk, [(c, with_style) for c in chunks]), strict=True):
+            for (ref_code, answers), group_decisions in zip(chunk, results, strict=True):
+                for answer, decision in zip(answers, group_decisions, strict=True):
+                    decisions[ref_code, answer] = decision
+                if progress is not None:
+                    progress.advance(len(answers))
     return decisions
 
 
@@ -108,7 +165,7 @@ def distinct_solutions(frame: pl.DataFrame) -> int:
 
 def screen_rows(
     frame: pl.DataFrame, mode: ScreenMode = "standard", *, with_style: bool = False, progress=None,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, workers: int | None = None,
 ) -> ScreenStage:
     """The ``screen`` stage over ``frame`` (rows that passed the filter and decontamination).
 
@@ -116,7 +173,7 @@ def screen_rows(
     the static judge follows). ``mode`` is ``standard`` or ``strict`` (``off`` has no stage)."""
     if mode not in ("standard", "strict"):
         raise ValueError(f"screen_rows runs the standard or strict screen, not {mode!r}")
-    decisions = _decide_all(frame, with_style, progress)
+    decisions = _decide_all(frame, with_style, progress, workers)
     keys = list(zip(frame.get_column(schema.PYTHON_CODE).fill_null("").to_list(), frame.get_column(schema.SOLUTION).to_list()))
     reasons: list[str | None] = []
     details: list[str | None] = []

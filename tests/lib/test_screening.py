@@ -163,3 +163,15 @@ def test_off_marks_rows_as_not_screened(frame):
 def test_an_unknown_mode_is_a_bug_not_a_silent_pass(frame):
     with pytest.raises(ValueError, match="standard or strict"):
         screening.screen_rows(frame, "off")  # type: ignore[arg-type]
+
+
+def test_a_process_pool_gives_the_same_decisions(frame, monkeypatch):
+    """Many solutions are screened in a process pool (one worker per core): the same rows, flags,
+    ledger and report as in this process."""
+    alone = screening.screen_rows(frame, "standard", with_style=True, workers=1)
+    monkeypatch.setattr(screening, "MIN_SOLUTIONS_FOR_POOL", 1)
+    monkeypatch.setattr(screening, "_POOL_CHUNK", 1)  # one reference per task: several tasks
+    pooled = screening.screen_rows(frame, "standard", with_style=True, workers=2)
+    assert pooled.result.frame.equals(alone.result.frame)
+    assert pooled.result.rejected.equals(alone.result.rejected)
+    assert pooled.report == alone.report
