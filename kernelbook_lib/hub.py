@@ -664,10 +664,10 @@ def hub_timeout(seconds: float) -> Iterator[None]:
     progress (its default client has no timeout at all). The default client comes back after."""
     import httpx2
     from huggingface_hub import set_client_factory
-    from huggingface_hub.utils._http import default_client_factory  # keeps the offline check and request ids
+    from kernelbook_lib.hub_internals import default_client  # keeps the offline check and request ids
 
     def with_timeout() -> httpx2.Client:
-        client = default_client_factory()
+        client = default_client()
         client.timeout = httpx2.Timeout(seconds)
         return client
 
@@ -675,7 +675,7 @@ def hub_timeout(seconds: float) -> Iterator[None]:
     try:
         yield
     finally:
-        set_client_factory(default_client_factory)
+        set_client_factory(default_client)
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

@@ -77,12 +77,12 @@ from prefect.serializers import JSONSerializer
 from prefect.settings import get_current_settings
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import opaque
-from prefect.utilities.math import lower_clamp_multiple
 
 from kernelbook_lib import llm
 from kernelbook_lib.llm import Failure, LLMAuthError, LLMOutcome, LLMRequest, LLMTask
 from kernelbook_lib.progress import Progress, format_count
 from kernelbook_lib.settings import Settings, load_settings
+from tasks import prefect_internals
 from tasks.prefect_internals import AtomicLocalFileSystem
 from tasks.runtime import on_temporary_server
 
@@ -405,7 +405,7 @@ class SlotPool:
                     current = asyncio.current_task()
                     if current is not None:
                         self._granted.add(current)
-                    lease_id = leases.cleanup_lease_ids[-1] if leases.cleanup_lease_ids else None
+                    lease_id = prefect_internals.last_lease_id(leases)
                     if self.ledger is not None and lease_id is not None:
                         self.ledger.add(lease_id, n)
                     self.leases_taken += 1
@@ -711,7 +711,7 @@ async def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     if exc.not_before is not None:
         delays = task.retry_delay_seconds or [0.0]
         delay = delays[min(task_run.run_count - 1, len(delays) - 1)] if isinstance(delays, list) else float(delays)
-        shortest = delay * lower_clamp_multiple(1 + task.retry_jitter_factor) if task.retry_jitter_factor else delay
+        shortest = delay * prefect_internals.lower_clamp_multiple(1 + task.retry_jitter_factor) if task.retry_jitter_factor else delay
         extra = exc.not_before - time.time() - shortest
         if extra > 0:
             await asyncio.sleep(extra)

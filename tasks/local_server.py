@@ -209,6 +209,17 @@ def _exit_when_parent_dies(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _sibling(name: str) -> Any:
+    """A module of this folder loaded by its path (the server process runs this file alone,
+    without the ``tasks`` package, whose import configures the CLI's Prefect settings)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"kernelbook_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
 def serve_temporary(fd: int, parent: int) -> None:
     """The temporary server's process: Prefect's app, as Prefect's own temporary server runs
     it (``ephemeral``: only the services a temporary server needs), on the inherited socket."""
@@ -218,10 +229,10 @@ def serve_temporary(fd: int, parent: int) -> None:
 
     import uvicorn
 
-    from prefect.server.api.server import create_app
+    internals = _sibling("prefect_internals")  # by path: this process never imports the tasks package
 
     sock = socket.socket(fileno=fd)
-    app = RetryUnavailable(create_app(ephemeral=True, final=True))
+    app = RetryUnavailable(internals.server_app(ephemeral=True, final=True))
     config = uvicorn.Config(app, log_level="error", lifespan="on")
     server = uvicorn.Server(config)
     _warm_up(server, sock.getsockname()[1])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -163,6 +164,60 @@ def seed_prefect_database(home: Path) -> bool:
         return True
     finally:
         os.unlink(tmp)
+
+
+# --- 5. The lease id of a concurrency slot just acquired --------------------------------------
+# Relies on: `prefect.concurrency.context.ConcurrencyContext.cleanup_lease_ids`, the list to which
+# `prefect.concurrency.asyncio.concurrency` appends the id of each lease it acquires inside the
+# context (the public API returns no lease id). tasks/llm.py records it to release slots a crashed
+# run left behind.
+
+
+def last_lease_id(context: Any) -> Any | None:
+    """The id of the last lease acquired inside ``context`` (a ``ConcurrencyContext``), or None."""
+    ids = context.cleanup_lease_ids
+    return ids[-1] if ids else None
+
+
+# --- 6. The lower bound of a jittered retry delay --------------------------------------------
+# Relies on: `prefect.utilities.math.lower_clamp_multiple`, the factor Prefect's task engine
+# applies to a retry delay's lower bound under `retry_jitter_factor`. tasks/llm.py waits at least
+# that long before a retry that a provider asked to delay.
+
+
+def lower_clamp_multiple(k: float) -> float:
+    from prefect.utilities.math import lower_clamp_multiple as clamp
+
+    return clamp(k)
+
+
+# --- 7. Prefect's own temporary server --------------------------------------------------------
+# Relies on: `prefect.server.api.server.SubprocessASGIServer()`, the un-keyed singleton that
+# Prefect's clients start in local mode (with `running`, `server_process`, `api_url`, `start()`).
+
+
+def temporary_server(*, only_if_imported: bool = False) -> Any | None:
+    """Prefect's temporary-server singleton; with ``only_if_imported``, None when the server module
+    was never imported (then no temporary server was started in this process)."""
+    if only_if_imported:
+        module = sys.modules.get("prefect.server.api.server")
+        if module is None:
+            return None
+        return module.SubprocessASGIServer()
+    from prefect.server.api.server import SubprocessASGIServer
+
+    return SubprocessASGIServer()
+
+
+# --- 8. Prefect's server application ---------------------------------------------------------
+# Relies on: `prefect.server.api.server.create_app(ephemeral=..., final=...)`, the ASGI app that
+# `prefect server start` and the temporary server serve; tasks/local_server.py serves it itself.
+
+
+def server_app(**options: Any) -> Any:
+    from prefect.server.api.server import create_app
+
+    return create_app(**options)
 
 
 def __getattr__(name: str) -> Any:

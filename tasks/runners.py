@@ -144,9 +144,9 @@ def api_reachable_by_workers(address: str | None = None) -> Iterator[None]:
     if api_url is not None or not get_current_settings().server.ephemeral.enabled:
         yield  # a server the workers can use, or no local mode (Prefect's own error follows)
         return
-    from prefect.server.api.server import SubprocessASGIServer
+    from tasks import prefect_internals
 
-    server = SubprocessASGIServer()  # the un-keyed singleton that Prefect's clients start
+    server = prefect_internals.temporary_server()
     server.start()  # a no-op when it already runs
     with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
         yield

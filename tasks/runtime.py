@@ -312,10 +312,9 @@ def _running_ephemeral_server() -> Any | None:
 
     Never imports the server module: if it is not imported, no server was started here.
     """
-    module = sys.modules.get("prefect.server.api.server")
-    if module is None:
+    server = prefect_internals.temporary_server(only_if_imported=True)
+    if server is None:
         return None
-    server = module.SubprocessASGIServer()  # the un-keyed singleton Prefect's clients start
     if not server.running or server.server_process is None or server.server_process.poll() is not None:
         return None
     return server

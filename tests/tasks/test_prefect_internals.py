@@ -134,3 +134,43 @@ def test_the_public_prefect_interfaces_the_runtime_relies_on_are_there():
     assert callable(refresh_global_settings_context), "prefect.context.refresh_global_settings_context"
     assert "timeout" in inspect.signature(EventsWorker.drain_all).parameters, "EventsWorker.drain_all(timeout=)"
     assert "timeout" in inspect.signature(APILogWorker.drain_all).parameters, "APILogWorker.drain_all(timeout=)"
+
+
+def test_concurrency_context_records_lease_ids_in_cleanup_lease_ids():
+    """Symbol: prefect.concurrency.context.ConcurrencyContext.cleanup_lease_ids (appended to on
+    acquisition by prefect.concurrency's asyncio implementation), used by last_lease_id in
+    tasks/llm.py."""
+    from types import SimpleNamespace
+
+    from prefect.concurrency import _asyncio as acquiring
+    from prefect.concurrency.context import ConcurrencyContext
+
+    assert ConcurrencyContext().cleanup_lease_ids == []
+    assert "cleanup_lease_ids.append(" in inspect.getsource(acquiring)
+    assert prefect_internals.last_lease_id(SimpleNamespace(cleanup_lease_ids=[])) is None
+    assert prefect_internals.last_lease_id(SimpleNamespace(cleanup_lease_ids=["a", "b"])) == "b"
+
+
+def test_lower_clamp_multiple_bounds_a_jittered_delay():
+    """Symbol: prefect.utilities.math.lower_clamp_multiple, used by tasks/llm.py's retry wait."""
+    from prefect.utilities.math import lower_clamp_multiple
+
+    assert prefect_internals.lower_clamp_multiple(1.5) == lower_clamp_multiple(1.5)
+    assert 0 < prefect_internals.lower_clamp_multiple(1.5) <= 1
+
+
+def test_subprocess_asgi_server_is_an_unkeyed_singleton_with_what_we_read():
+    """Symbol: prefect.server.api.server.SubprocessASGIServer (the temporary server's singleton),
+    used by tasks/runtime.py and tasks/runners.py."""
+    first = prefect_internals.temporary_server()
+    assert first is prefect_internals.temporary_server() is prefect_internals.temporary_server(only_if_imported=True)
+    for name in ("running", "server_process", "api_url", "start"):
+        assert hasattr(first, name), f"SubprocessASGIServer has no {name}"
+
+
+def test_create_app_takes_ephemeral_and_final():
+    """Symbol: prefect.server.api.server.create_app, used by tasks/local_server.py."""
+    from prefect.server.api.server import create_app
+
+    parameters = inspect.signature(create_app).parameters
+    assert "ephemeral" in parameters and "final" in parameters
