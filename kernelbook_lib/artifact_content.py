@@ -22,6 +22,8 @@ from kernelbook_lib.summary import RunSummary, format_decontamination, format_fa
 CURATE_STAGES_KEY = "curate-stages"
 CURATE_SUMMARY_KEY = "curate-summary"
 CURATE_FOLDER_KEYS = {"filtered": "curate-filtered", "unique": "curate-unique", "analysis": "curate-analysis"}
+#: ``curate``: the kernel screen by reward band (the signature of reward hacking), when it ran.
+CURATE_SCREEN_KEY = "curate-screen"
 #: ``generate-prompts``: the same three kinds.
 GENERATE_STAGES_KEY = "generate-stages"
 GENERATE_SUMMARY_KEY = "generate-summary"
@@ -59,6 +61,22 @@ def stage_rows(stages: list[StageReport]) -> list[dict[str, Any]]:
             "dropped by reason": ", ".join(f"{reason} {n}" for reason, n in s.dropped.items()) or "-",
         }
         for s in stages
+    ]
+
+
+def screen_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The kernel screen's table: one row per reward band, then all rows; rejections per kind and
+    flags are in the description (:func:`kernelbook_lib.summary.format_screen`)."""
+    bands = list(report.get("by_reward_band") or [])
+    rejected = sum((report.get("rejected") or {}).values())
+    rows = report.get("rows", 0)
+    total = {"band": "all", "rows": rows, "rejected": rejected, "flagged": report.get("kept_flagged", 0),
+             "rejected_rate": round(rejected / rows, 4) if rows else 0.0,
+             "flagged_rate": round(report.get("kept_flagged", 0) / rows, 4) if rows else 0.0}
+    return [
+        {"reward": b["band"], "rows": b["rows"], "rejected": b["rejected"], "flagged": b["flagged"],
+         "rejected %": round(100 * b["rejected_rate"], 1), "flagged %": round(100 * b["flagged_rate"], 1)}
+        for b in [*bands, total]
     ]
 
 

@@ -19,7 +19,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from kernelbook_lib import artifact_content as content
 from kernelbook_lib.prompt_gen import DATASET_DIR, SyntheticSummary
-from kernelbook_lib.summary import RunSummary
+from kernelbook_lib.summary import RunSummary, format_screen
 
 
 def _create(key: str, create: Callable[..., Any], **fields: Any) -> str | None:
@@ -53,9 +53,13 @@ def _done(created: list[str | None]) -> list[str]:
 
 
 def curate_artifacts(out_dir: str, summary: RunSummary, analysed: bool) -> list[str]:
-    """``curate-stages``, ``curate-summary`` and a link per output folder (``curate-filtered``,
-    ``curate-unique``, and ``curate-analysis`` when this run wrote its analysis)."""
+    """``curate-stages``, ``curate-summary``, ``curate-screen`` (when the screen ran) and a link per
+    output folder (``curate-filtered``, ``curate-unique``, and ``curate-analysis`` when this run
+    wrote its analysis)."""
     created = _summary_artifacts(summary, out_dir, content.CURATE_STAGES_KEY, content.CURATE_SUMMARY_KEY)
+    if summary.screen:
+        created.append(_create(content.CURATE_SCREEN_KEY, create_table_artifact, table=content.screen_rows(summary.screen),
+                               description=format_screen(summary.screen)))
     folders = ["filtered", "unique", *(["analysis"] if analysed else [])]
     for name in folders:
         counts = summary.datasets.get(name)

@@ -81,6 +81,13 @@ def test_curate_and_its_analysis_publish_their_artifacts(tmp_path):
                      f"train {unique['train']}, validation {unique['validation']}", str(out.resolve())):
         assert expected in report.data, expected
 
+    screen = one("curate-screen", flow_run_id)
+    assert screen.type == "table" and "not_a_kernel" not in screen.description  # kinds shown short
+    table = json.loads(screen.data)
+    assert [row["reward"] for row in table] == [b["band"] for b in on_disk["screen"]["by_reward_band"]] + ["all"]
+    assert table[-1]["rows"] == on_disk["screen"]["rows"] and table[-1]["rejected"] == sum(on_disk["screen"]["rejected"].values())
+    assert "try_fallback 1" in screen.description  # the sample's planted hacks, by kind
+
     for name in ("filtered", "unique", "analysis"):
         assert_folder_link(one(f"curate-{name}", flow_run_id), out / name)
 

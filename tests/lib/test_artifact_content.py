@@ -116,7 +116,7 @@ def test_push_link_points_at_the_commit_with_the_tag_and_links_the_plots():
 
 
 def test_every_key_is_one_prefect_accepts():
-    keys = [content.CURATE_STAGES_KEY, content.CURATE_SUMMARY_KEY, *content.CURATE_FOLDER_KEYS.values(),
+    keys = [content.CURATE_STAGES_KEY, content.CURATE_SUMMARY_KEY, content.CURATE_SCREEN_KEY, *content.CURATE_FOLDER_KEYS.values(),
             content.GENERATE_STAGES_KEY, content.GENERATE_SUMMARY_KEY, content.GENERATE_FOLDER_KEY,
             content.CORRELATIONS_KEY, content.publish_key("Filtered"), content.artifact_key("a_b", "C")]
     assert all(re.fullmatch(r"[a-z0-9-]+", k) for k in keys), keys
