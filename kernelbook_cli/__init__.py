@@ -235,7 +235,7 @@ def curate(
     task_runner: TaskRunner = _task_runner_option(),
     dask_address: Optional[str] = _dask_address_option(),
 ) -> None:
-    """Load, group near-duplicate families, filter, decontaminate, judge, dedupe, split and export (the filtered and unique datasets)."""
+    """Load, group near-duplicate families, filter, decontaminate, screen for real Triton kernels, judge, dedupe, split and export (the filtered and unique datasets)."""
     out = Path(out)
     values = dict(
         source=source, split=split, threshold=threshold, judge=judge, limit=limit,

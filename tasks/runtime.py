@@ -34,8 +34,8 @@ What this module does about it:
 * :func:`shutdown_ephemeral_server` gives Prefect's own temporary server (flows run from Python
   without the CLI) the same orderly stop at interpreter exit.
 
-The README's sections "Prefect's local mode" and "Failure behaviour" give the measurements
-(``benchmarks/prefect_overhead.py``). This module imports prefect only inside functions.
+``docs/local-mode.md`` and ``docs/failures.md`` describe this; ``docs/measurements.md`` gives the
+measurements (``benchmarks/prefect_overhead.py``). This module imports prefect only inside functions.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ PREFECT_ENV_DEFAULTS: dict[str, str] = {
     "DO_NOT_TRACK": "1",
     # --- First start: migrations are an inherent one-time cost; allow for them under load. ---
     # Both Prefect's temporary server and ours fail with a clear error if the server never
-    # answers. 90 s covers the slowest first start measured (see the README).
+    # answers. 90 s covers the slowest first start measured (docs/local-mode.md).
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     # --- Services a local run does not need (they only add SQLite writers and CPU). ---
     # EventPersister copies every event into the `events` table (the UI's event feed and
