@@ -33,12 +33,22 @@ Nothing here parses or runs code; :mod:`kernelbook_lib.neardup_trace` does the p
 from __future__ import annotations
 
 import hashlib
+import operator
+from collections.abc import Callable
 
 from kernelbook_lib.neardup_names import COMMUTATIVE, ONE, UNKNOWN, ZERO, Const
 
 
 def digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _fold(const: Const | None, op: Const, combine: Callable[[float, float], float]) -> Const:
+    """Two constants of one sum or product as one (a value only when both have one)."""
+    if const is None:
+        return op
+    a, b = const.number(), op.number()
+    return Const(combine(a, b) if a is not None and b is not None else None)
 
 
 class Graph:
@@ -111,11 +121,7 @@ class Graph:
         const: Const | None = None
         for op in operands:
             if type(op) is Const:
-                if const is None:
-                    const = op
-                else:
-                    a, b = const.number(), op.number()
-                    const = Const(a + b if a is not None and b is not None else None)
+                const = _fold(const, op, operator.add)
             elif self.label[op] == "add":
                 terms.extend(k for k in self.kids[op] if self.label[k] != "const")
                 if any(self.label[k] == "const" for k in self.kids[op]):
@@ -148,11 +154,7 @@ class Graph:
         const: Const | None = None
         for op in operands:
             if type(op) is Const:
-                if const is None:
-                    const = op
-                else:
-                    a, b = const.number(), op.number()
-                    const = Const(a * b if a is not None and b is not None else None)
+                const = _fold(const, op, operator.mul)
             elif self.label[op] in ("mul", "scale"):
                 for k in self.kids[op]:
                     if self.label[k] == "const":

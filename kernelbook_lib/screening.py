@@ -93,14 +93,14 @@ _POOL_CHUNK = 1000
 
 
 def _decide_group(ref_code: str, answers: list[str], with_style: bool) -> list[_Decision]:
-    """The decisions for the solutions of one reference, in order; the reference is parsed once
-    and each solution once (its tree shared with the static judge's style features)."""
-    ref_tree, _ = parse_code(ref_code)
+    """The decisions for the solutions of one reference, in order; each solution is parsed once
+    (its tree shared with the static judge's style features), the reference once, by the screen,
+    which keeps what it reads of a reference by its text."""
     out = []
     for answer in answers:
         code = solution_code(answer or "")
         tree, _ = parse_code(code) if code.strip() else (None, "")
-        verdict = screen(code, ref_code, solution_tree=tree, reference_tree=ref_tree)
+        verdict = screen(code, ref_code, solution_tree=tree)
         style = why = None
         if with_style and verdict.reject is None:
             style, why = style_from_features(analyze_solution(answer or "", tree=tree), verdict.flags)
