@@ -1,4 +1,4 @@
-"""Benchmark: the LLM judge's throughput through ``tasks/llm.py``, end to end.
+"""Benchmark: the LLM judge's throughput through ``tasks/llm/``, end to end.
 
 Starts the loopback OpenAI-compatible server (a child process, 1.0 s per reply, no faults),
 builds 7,181 judge requests (the size of the real filtered dataset) with the real judge prompt
@@ -11,7 +11,7 @@ wall time as a % of the first run (target < 10 %).
     uv run python benchmarks/judge_throughput.py [--calls 7181] [--latency 1.0] [--concurrency 64,256]
         [--no-gc-freeze]
 
-``--no-gc-freeze`` runs without ``tasks.llm.FREEZE_GC`` (the collector's full passes then walk
+``--no-gc-freeze`` runs without ``tasks.llm.run.FREEZE_GC`` (the collector's full passes then walk
 the whole heap during the calls), to measure what freezing it buys (docs/design.md).
 
 The machine may be shared: other processes depress the figures.
@@ -54,10 +54,10 @@ def main() -> None:
     from kernelbook_lib.rubric import JUDGE_TASK
     from tests.fixtures.fake_data import judge_requests
     from tests.fixtures.llm_server import LLMTestServer
-    import tasks.llm
+    import tasks.llm.run
     from tasks.llm import run_llm_requests
 
-    tasks.llm.FREEZE_GC = not args.no_gc_freeze
+    tasks.llm.run.FREEZE_GC = not args.no_gc_freeze  # read by tasks.llm.run, so set there
     requests = judge_requests(args.calls, seed=7)
     chars = sum(r.prompt_chars for r in requests) / len(requests)
     print(f"{len(requests)} judge requests, mean prompt {chars:,.0f} characters; latency {args.latency}s"

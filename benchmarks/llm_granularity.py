@@ -6,9 +6,9 @@ under a real ``prefect server start`` on a free loopback port (temporary PREFECT
 
 - ``bare``: no Prefect at all, an asyncio loop + one AsyncOpenAI client + a semaphore
   (the speed limit of this machine);
-- ``bare-pooled``: the same with one client per 16 concurrent calls (what ``tasks/llm.py``
+- ``bare-pooled``: the same with one client per 16 concurrent calls (what ``tasks/llm/``
   does: httpx's pool bookkeeping is O(connections) per request);
-- ``chunk``: what ``tasks/llm.py`` does: task runs of many calls each, slots leased from the
+- ``chunk``: what ``tasks/llm/`` does: task runs of many calls each, slots leased from the
   Prefect global concurrency limit in blocks and lent to calls by a local pool;
 - ``chunk-slot-per-call``: the same chunks, but every call takes its own Prefect slot
   (``concurrency(name, occupy=1)``) behind a local semaphore;
@@ -307,7 +307,7 @@ def worker(args: argparse.Namespace) -> None:
                 return sum(o.ok for o in outcomes)
         else:
             if args.worker == "chunk-slot-per-call":
-                tl.SlotPool = _per_call_slot_pool()
+                tl.run.SlotPool = _per_call_slot_pool()  # tasks.llm.run makes the run's pool
 
             @flow(name=f"bench-{args.worker}")
             def bench():

@@ -1,4 +1,4 @@
-"""The LLM machinery through Prefect (``tasks/llm.py``) against loopback servers: results,
+"""The LLM machinery through Prefect (``tasks/llm/``) against loopback servers: results,
 retries, the concurrency limit, caching and resuming, auth failures, secrets, counts, prompt-cache
 accounting and the Prefect artifacts."""
 
@@ -274,14 +274,14 @@ def test_a_killed_run_resumes_without_paying_twice(make_llm_server, llm_env, tmp
 
 
 def test_a_missing_prefect_limit_fails_loudly_instead_of_hanging(llm_server, llm_env, monkeypatch):
-    import tasks.llm as llm_tasks
+    import tasks.llm.run as llm_run  # the module that calls it
 
     llm_env(llm_server)
 
     async def limit_not_created(name, wanted, logger):  # as if someone deleted the limit
         return wanted
 
-    monkeypatch.setattr(llm_tasks, "ensure_concurrency_limit", limit_not_created)
+    monkeypatch.setattr(llm_run, "ensure_concurrency_limit", limit_not_created)
     with pytest.raises(RuntimeError, match="could not lease slots from Prefect concurrency limit"):
         run_in_flow(judge_requests(3))
     assert llm_server.stats()["calls_total"] == 0
@@ -376,20 +376,20 @@ def test_progress_and_failures_are_prefect_artifacts_with_stable_keys(make_llm_s
 
 
 def test_the_progress_artifact_is_updated_while_the_calls_run(make_llm_server, llm_env, monkeypatch):
-    import tasks.llm as llm_tasks
+    import tasks.llm.reporting as llm_reporting  # the module that reads them
 
     server = make_llm_server(latency=0.3)
     llm_env(server, llm_concurrency=1)
-    monkeypatch.setattr(llm_tasks, "PROGRESS_TICK_S", 0.05)
-    monkeypatch.setattr(llm_tasks, "ARTIFACT_EVERY_S", 0.0)
+    monkeypatch.setattr(llm_reporting, "PROGRESS_TICK_S", 0.05)
+    monkeypatch.setattr(llm_reporting, "ARTIFACT_EVERY_S", 0.0)
     seen: list[float] = []
-    real_update = llm_tasks.aupdate_progress_artifact
+    real_update = llm_reporting.aupdate_progress_artifact
 
     async def recording_update(artifact_id, progress, **kwargs):
         seen.append(progress)
         return await real_update(artifact_id, progress=progress, **kwargs)
 
-    monkeypatch.setattr(llm_tasks, "aupdate_progress_artifact", recording_update)
+    monkeypatch.setattr(llm_reporting, "aupdate_progress_artifact", recording_update)
     run_in_flow(judge_requests(4, seed=5), progress_label="judge")
     assert seen == sorted(seen) and seen[-1] == 100.0
     assert [p for p in seen if 0 < p < 100], seen  # at least one value between the start and the end
