@@ -11,7 +11,8 @@ correlation analysis. It has two parts:
   the bundled sample says so in its title and tags, a card of statically judged rows says in its
   title that the scores are heuristic;
 * a Markdown body saying how the data was made: source, filter, judge, dedupe rule, split
-  method, rows per stage, columns, the correlation summary and the analysis plots.
+  method, rows per stage, columns, the correlation summary and the analysis plots (the
+  paragraphs of how the data was made are written by :mod:`kernelbook_lib.card_sections`).
 
 Every card is read back with ``DatasetCard.load`` (and ``datasets``' reader of ``configs``)
 before it is returned. :func:`render_combined_card` builds the card of one repo holding
@@ -34,8 +35,15 @@ import polars as pl
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from kernelbook_lib import __version__, schema
+from kernelbook_lib.card_sections import (
+    _cell,
+    _is_hub_id,
+    _judged_body,
+    _synthetic_body,
+    _table,
+    public_source,  # noqa: F401  (re-exported: decontam and hub import it from here)
+)
 from kernelbook_lib.errors import UserError
-from kernelbook_lib.loading import describe_source
 
 Kind = Literal["filtered", "unique", "synthetic"]
 KINDS: tuple[str, ...] = ("filtered", "unique", "synthetic")
@@ -113,13 +121,6 @@ SYNTHETIC_COLUMN_DOCS: dict[str, str] = {
     "entry_point": "the module's entry point (KernelBook)",
 }
 
-# Dedupe ranking as implemented by ``kernelbook_lib.stages.dedupe``; keep the two in step.
-DEDUPE_RULE = (
-    "the row with the highest `score = reward * difficulty * style`; ties go to the higher "
-    "`reward`, then the lower `example_id`, then the earlier row of the source"
-)
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PRETTY = {
     "filtered": "KernelBook GLM-4 evals, filtered and judged",
     "unique": "KernelBook GLM-4 evals, one best rollout per problem",
@@ -139,17 +140,6 @@ def format_dtype(dtype: pl.DataType) -> str:
     return repr(dtype).lower()
 
 
-def _cell(value: Any) -> str:
-    """A Markdown table cell: pipes escaped, no line breaks."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _size_category(n: int) -> str:
     """The Hub's ``size_categories`` bucket for ``n`` rows."""
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
@@ -158,46 +148,10 @@ def _size_category(n: int) -> str:
     return "1M<n<10M" if n < 10_000_000 else "n>10M"
 
 
-def _is_hub_id(source: str) -> bool:
-    """``owner/name`` that is not a local path (the loader reads an existing path first)."""
-    return (
-        bool(_HUB_ID.match(source))
-        and not source.endswith((".parquet", ".jsonl", ".json"))
-        and not Path(source).expanduser().exists()
-    )
-
-
-def public_source(source: str) -> str:
-    """The source as it may be published: a Hub id, ``sample``, or a local file's name only
-    (a local absolute path says nothing to a reader and may expose the machine's user name)."""
-    if source == "sample" or _is_hub_id(source):
-        return source
-    return source.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or source
-
-
-def _source_text(source: str) -> str:
-    """The source sentence of a card."""
-    if source == "sample":
-        return f"the {describe_source(source)} of kernelbook-curator (not real eval data)"
-    if _is_hub_id(source):
-        return f"[`{source}`](https://huggingface.co/datasets/{source})"
-    return f"a local copy (`{public_source(source)}`)"
-
-
 def _require(summary: Mapping[str, Any], keys: tuple[str, ...], what: str) -> None:
     missing = [k for k in keys if k not in summary]
     if missing:
         raise UserError(f"the {what} lacks field(s) {missing}; re-run the flow that writes it")
-
-
-def _fmt_r(value: Any) -> str:
-    return f"{value:+.3f}" if isinstance(value, (int, float)) else "-"
-
-
-def _fmt_p(value: Any) -> str:
-    if not isinstance(value, (int, float)):
-        return "-"
-    return f"{value:.2g}" if value >= 0.001 else f"{value:.1e}"
 
 
 # --- YAML header ---------------------------------------------------------------------------
@@ -315,44 +269,10 @@ def _build_card(data: DatasetCardData, body: str) -> str:
     return text
 
 
+# --- the card ------------------------------------------------------------------------------
 
-# --- body sections -------------------------------------------------------------------------
-
-
-def _judge_section(summary: Mapping[str, Any]) -> str:
-    judge = summary["judge"]
-    model = summary.get("judge_model")
-    if model:
-        version = summary.get("judge_prompt_version") or "not recorded"
-        text = (
-            f"`difficulty` (0-10, how hard the problem is as a Triton kernel) and `style` (0-10, the "
-            f"quality of the solution as code to learn from) were graded by the LLM judge `{model}` "
-            f"with prompt version `{version}`. The judge saw the full PyTorch module and the full "
-            "solution (nothing truncated). Rows whose judgement failed are not in the dataset; they "
-            "are counted in the judge stage below with their reason."
-        )
-        usage = summary.get("llm") or {}
-        # Only numbers (calls, tokens, cost) are shown; nothing else of the LLM block is public.
-        numbers = [[k, v] for k, v in usage.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if numbers:
-            text += "\n\n" + _table(["LLM usage", "value"], numbers)
-        return text
-    return (
-        f"`difficulty` and `style` come from `{judge}`, a **heuristic stand-in** for an LLM judge: a "
-        "deterministic score computed from the syntax trees of the PyTorch module and of the Triton "
-        "solution (the code is parsed, never run). No model graded these rows. Read the two columns "
-        "as rough structural signals, not as judgements of quality; `judge_rationale` says what "
-        "each score was based on."
-    )
-
-
-def _stages_table(summary: Mapping[str, Any]) -> str:
-    rows = []
-    for stage in summary["stages"]:
-        dropped = stage.get("dropped") or {}
-        reasons = ", ".join(f"{reason}: {count}" for reason, count in dropped.items()) or "-"
-        rows.append([stage["name"], stage["rows_in"], stage["rows_out"], sum(dropped.values()), reasons])
-    return _table(["stage", "rows in", "rows out", "dropped", "reasons"], rows)
+#: A plot to embed: its path in the repo (``images/...``) and its caption.
+Image = tuple[str, str]
 
 
 def _columns_table(kind: str, columns: Mapping[str, pl.DataType] | None) -> str:
@@ -360,264 +280,6 @@ def _columns_table(kind: str, columns: Mapping[str, pl.DataType] | None) -> str:
     docs = {**COLUMN_DOCS, **SYNTHETIC_COLUMN_DOCS} if kind == "synthetic" else COLUMN_DOCS
     rows = [[f"`{name}`", f"`{format_dtype(dtype)}`", docs.get(name, "(not documented)")] for name, dtype in cols.items()]
     return _table(["column", "type", "meaning"], rows)
-
-
-def _analysis_section(analysis: Mapping[str, Any]) -> str:
-    pairs = analysis.get("pairs")
-    if not isinstance(pairs, Mapping):
-        raise UserError("the analysis (analysis.json) has no 'pairs' table; re-run the analyze flow")
-    rows = []
-    for name, pair in pairs.items():
-        label = name.replace("~", " ~ ")
-        if pair.get("undefined"):
-            rows.append([label, pair.get("n", "-"), f"undefined: {pair.get('reason', 'no reason given')}", "", "", ""])
-            continue
-        pearson, spearman, kendall = (pair.get(m) or {} for m in ("pearson", "spearman", "kendall"))
-        ci = pearson.get("ci95")
-        ci_text = f" [{_fmt_r(ci[0])}, {_fmt_r(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
-        strength = f" ({pearson['strength']})" if "strength" in pearson else ""
-        rows.append(
-            [
-                label,
-                pair.get("n", "-"),
-                f"{_fmt_r(pearson.get('r'))}{ci_text}{strength}",
-                _fmt_p(pearson.get("p")),
-                f"{_fmt_r(spearman.get('r'))} (p {_fmt_p(spearman.get('p'))})",
-                f"{_fmt_r(kendall.get('r'))} (p {_fmt_p(kendall.get('p'))})",
-            ]
-        )
-    return (
-        f"Computed by the `analyze` flow over the n = {analysis.get('n', '-')} judged rows of the "
-        "`filtered` dataset (both splits). Pearson with its 95 % interval (Fisher z), Spearman and "
-        "Kendall tau-b; p-values are two-sided.\n\n"
-        + _table(["pair", "n", "Pearson r [95% CI]", "p", "Spearman rho", "Kendall tau"], rows)
-    )
-
-
-def _judged_body(kind: str, summary: Mapping[str, Any], splits: Mapping[str, int], analysis: Mapping[str, Any] | None) -> list[str]:
-    threshold = summary["threshold"]
-    parts = []
-    if kind == "filtered":
-        parts.append(
-            f"Every rollout whose reward is above {threshold}, judged for difficulty and style. Several "
-            "rollouts of the same problem can appear; the `unique` dataset keeps the best one per problem."
-        )
-    else:
-        parts.append(
-            f"One rollout per problem: the best judged rollout among those whose reward is above {threshold}."
-        )
-    parts.append("## How the data was made")
-    limit = summary.get("limit")
-    source_line = f"**Source.** Split `{summary['split']}` of {_source_text(str(summary['source']))}."
-    if limit is not None:
-        source_line += f" Test mode: only the first {limit} rows that passed the filter were kept."
-    parts.append(source_line)
-    parts.append(
-        f"**Filter.** Rows with `reward > {threshold}` (strict). Rows that could not be used (for example "
-        "a reply without `<answer>` tags) are never dropped silently: each is counted with its reason "
-        "in the stage table below."
-    )
-    parts += screen_paragraphs(summary)
-    parts.append("**Judge.** " + _judge_section(summary))
-    group_by = summary["group_by"]
-    if group_by == "problem_id":
-        key = "problem (`problem_id`, a hash of the normalised PyTorch reference code)"
-    elif group_by == "family_id":
-        key = "near-duplicate family (`family_id`, see below)"
-    else:
-        key = (
-            f"`{group_by}` (the original project's grouping: different problems that share a class "
-            "name are merged)"
-        )
-    dedupe = f"**Dedupe (`unique`).** One row per {key}: {DEDUPE_RULE}."
-    if kind == "filtered":
-        dedupe += " The `filtered` dataset itself is not deduplicated."
-    parts.append(dedupe)
-    parts += families_paragraphs(summary)
-    parts.append(
-        "**Rows per stage.** The `filtered` dataset is the output of `judge`, split as above; the "
-        "`unique` dataset is the output of `dedupe`, split the same way.\n\n" + _stages_table(summary)
-    )
-    parts += _warnings(summary)
-    if analysis is not None:
-        parts.append("## Correlations of difficulty, style and reward")
-        parts.append(_analysis_section(analysis))
-    return parts
-
-
-def screen_paragraphs(summary: Mapping[str, Any]) -> list[str]:
-    """The kernel screen of a judged dataset's card: what it rejected and flagged, and its rates
-    by reward band (a rate that rises with the reward is the signature of reward hacking)."""
-    report = summary.get("screen")
-    if not report:
-        return [
-            "**Kernel screen.** Off (`--screen off`): solutions were not checked for being Triton "
-            "kernels, and `kernel_flags` is null. A reward only says the outputs matched in the eval "
-            "harness; it does not say the work was done by a Triton kernel."
-        ]
-    rejected = report.get("rejected") or {}
-    flagged = report.get("flagged") or {}
-    strict = report.get("mode") == "strict"
-    text = (
-        f"**Kernel screen.** Before the judge, every solution was read (parsed, never run) by the kernel "
-        f"screen `{report.get('version')}` in `{report.get('mode')}` mode, which follows what the solution's "
-        "`forward` executes by default. Of {rows} rows, {clean} are clean Triton kernels and {kept_flagged} were "
-        "kept with flags in `kernel_flags` ({flags}); {n_rejected} were rejected as not a Triton kernel "
-        "({kinds}) and are listed with their evidence in `rejected.jsonl`."
-    ).format(
-        rows=report.get("rows", 0), clean=report.get("kept_clean", 0), kept_flagged=report.get("kept_flagged", 0),
-        flags=", ".join(f"`{k}` {v}" for k, v in flagged.items()) or "none",
-        n_rejected=sum(rejected.values()), kinds=", ".join(f"`{k}` {v}" for k, v in rejected.items()) or "none",
-    )
-    text += (
-        " In strict mode rows flagged `partial`, `fallback` or `library` were rejected too."
-        if strict else
-        " A flag `partial:<ops>` means a kernel runs but the named operations of the reference stay in "
-        "PyTorch; `fallback:device`, a non-CUDA branch computes with PyTorch; `library:<name>`, a library "
-        "does part of the work. Filter on `kernel_flags` for kernels only."
-    )
-    bands = report.get("by_reward_band") or []
-    if bands:
-        text += "\n\n" + _table(
-            ["reward", "rows", "rejected", "flagged"],
-            [[b["band"], b["rows"], f"{b['rejected_rate']:.1%}", f"{b['flagged_rate']:.1%}"] for b in bands],
-        )
-    text += (
-        "\n\nThe screen sees only what the code says: outputs that are wrong but pass, or precision "
-        "tricks inside a kernel, show only when the kernel runs."
-    )
-    return [text]
-
-
-def _synthetic_body(summary: Mapping[str, Any]) -> list[str]:
-    model = summary.get("generator_model")
-    version = summary.get("generator_prompt_version") or "not recorded"
-    generator = summary.get("generator") or "not recorded"
-    limit = summary.get("limit")
-    source_line = f"**Source.** Split `{summary['split']}` of {_source_text(str(summary['source']))}."
-    if limit is not None:
-        source_line += f" Test mode: only the first {limit} problems were used."
-    if model:
-        made_by = "generated by an LLM. The prompts are **synthetic** (model-written)."
-        generator_line = (
-            f"**Generator.** `{model}` with prompt version `{version}`. The full module was sent (nothing "
-            "truncated); every reply was checked (it names the new class and copies no reference code), "
-            "and rows whose generation failed are not in the dataset and are counted in the stage table below."
-        )
-    else:
-        made_by = (f"written **without a model** by `{generator}`, a deterministic template. The prompts are "
-                   "**synthetic**.")
-        generator_line = (
-            f"**Generator.** `{generator}`: the class name, the `__init__` parameters, the `forward` signature, "
-            "the input shapes of `get_inputs()` when they are literals, the operations used and the learnable "
-            "parameters, read from the module's syntax tree (the code is parsed, never run). What the source "
-            "does not state is said to be unknown, not guessed."
-        )
-    dedupe = summary.get("duplicates_collapsed")
-    parts = [
-        "Task specifications for SFT: each row pairs a PyTorch module from KernelBook "
-        f"(`module_name`, `python_code`, unchanged) with a `prompt` describing the kernel to write, {made_by}",
-        "## How the data was made",
-        source_line,
-        generator_line,
-    ]
-    if dedupe is not None:
-        parts += synthetic_families_paragraphs(summary)
-    parts.append("**Rows per stage.**\n\n" + _stages_table(summary))
-    return parts + _warnings(summary)
-
-
-def _near_dup_sentence(near_dup: Mapping[str, Any]) -> str:
-    """What the families stage did, in figures, and how it decides (by its normalisation)."""
-    figures = (
-        f"Near-duplicate modules were grouped into families: {near_dup.get('problems', 0)} problems in "
-        f"{near_dup.get('families', 0)} families; {near_dup.get('problems_in_shared_families', 0)} problems are in a "
-        f"family of more than one, and the largest family has {near_dup.get('largest_family', 0)}. "
-    )
-    if near_dup.get("normalization") == "neardup-v1":
-        return figures + (
-            "Two modules are one family when the Jaccard similarity of their normalised forms (normalisation "
-            "`neardup-v1`: imports, docstrings, comments, the `get_inputs` harness and names the module defines "
-            f"itself left out or made canonical, numbers made one token) is at least {near_dup.get('threshold')}, "
-            "found with MinHash and LSH and confirmed exactly; a family is a connected group of such pairs."
-        )
-    return figures + (
-        f"Two modules are linked when the similarity of what their `forward` computes is at least "
-        f"{near_dup.get('threshold')} (normalisation `{near_dup.get('normalization')}`: the operations `forward` runs, "
-        "following the module's own layers and helpers, each spelling of an operation made one, names, constants, "
-        "shapes, the harness and dead code left out; found with MinHash and LSH and confirmed exactly), and a "
-        f"module joins a family only when it is linked to every member ({near_dup.get('linkage', 'complete')} "
-        "linkage), so two different modules are never joined through a third."
-    )
-
-
-def families_paragraphs(summary: Mapping[str, Any]) -> list[str]:
-    """The split paragraph (by family, or by problem) and, when there were any, the
-    decontamination paragraph of a judged dataset's card."""
-    near_dup = summary.get("near_dup") or {}
-    seed, fraction = summary["seed"], summary["val_fraction"]
-    if near_dup.get("enabled"):
-        split = (
-            f"**Split.** Train/validation by near-duplicate family, not by row or problem. {_near_dup_sentence(near_dup)} "
-            "Each family is named by its smallest `problem_id` (`family_id`; a problem without near-duplicates is "
-            f"its own family), and goes to validation when SHA-256 of `\"{seed}:<family_id>\"` falls in the first "
-            f"{fraction:.0%} of the hash range, otherwise to train (so about that share of families, not exactly). "
-            "All rollouts of all problems of a family share one split, so no module has a near-copy on the other "
-            "side, and a family's split is the same in `filtered` and `unique`."
-        )
-    else:
-        split = (
-            f"**Split.** Train/validation by problem, not by row: each `problem_id` goes to validation when "
-            f"SHA-256 of `\"{seed}:<problem_id>\"` falls in the first {fraction:.0%} "
-            "of the hash range, otherwise to train (so about that share of problems, not exactly). All "
-            "rollouts of a problem share one split, so no problem is in both, and a problem's split is the "
-            "same in `filtered` and `unique`. Near-duplicate grouping was off (`--no-near-dup`): two problems "
-            "that differ only in names or comments can sit on both sides."
-        )
-    return [split, *_decontamination_paragraphs(summary)]
-
-
-def _decontamination_paragraphs(summary: Mapping[str, Any]) -> list[str]:
-    report = summary.get("decontamination") or {}
-    benchmarks = report.get("benchmarks") or []
-    if not benchmarks:
-        return []
-    rows = [[f"`{b['source']}`", b["items"], b["rows_removed"], b["problems_removed"]] for b in benchmarks]
-    return [
-        "**Decontamination.** Rows whose PyTorch module is a near-duplicate (same normalisation "
-        f"`{report.get('normalization')}`, similarity at least {report.get('threshold')}) of an item of these "
-        "evaluation benchmarks were removed before judging (reason `contaminated`); a row matching several "
-        "counts for the first.\n\n" + _table(["benchmark", "items", "rows removed", "problems removed"], rows)
-    ]
-
-
-def synthetic_families_paragraphs(summary: Mapping[str, Any]) -> list[str]:
-    """The dedupe paragraph of the synthetic dataset's card (per family or per problem)."""
-    near_dup = summary.get("near_dup") or {}
-    repeats = summary.get("duplicates_collapsed")
-    if near_dup.get("enabled"):
-        text = (
-            f"**Dedupe.** One prompt per near-duplicate family (`family_id`), the first module of the family in "
-            f"source order: {repeats} repeated rows and {summary.get('near_duplicates_collapsed', 0)} near-duplicates "
-            f"were collapsed before generation. {_near_dup_sentence(near_dup)}"
-        )
-    else:
-        text = (f"**Dedupe.** One prompt per problem (`problem_id`, a hash of the normalised module code): "
-                f"{repeats} repeated rows were collapsed before generation.")
-    return [text, *_decontamination_paragraphs(summary)]
-
-
-def _warnings(summary: Mapping[str, Any]) -> list[str]:
-    warnings = summary.get("warnings") or []
-    if not warnings:
-        return []
-    return ["**Warnings of the run.**\n\n" + "\n".join(f"- {_cell(w)}" for w in warnings)]
-
-
-# --- the card ------------------------------------------------------------------------------
-
-#: A plot to embed: its path in the repo (``images/...``) and its caption.
-Image = tuple[str, str]
 
 
 def _images_section(images: Sequence[Image]) -> list[str]:

@@ -1,21 +1,19 @@
-"""Publish the output datasets to the Hugging Face Hub: validate, plan, push, tag.
+"""Publish the output datasets to the Hugging Face Hub: plan, push, tag.
 
-1. :func:`validate_dataset_folder` checks one dataset folder (Hub layout) against its run
-   summary: the expected split files are there, each shard's name carries its content's
-   fingerprint, no ``problem_id`` sits in two splits, the row counts equal the summary's. It
-   lists every problem it finds, never only the first.
-2. :func:`plan_publish` builds, per dataset repo, what would be uploaded: repo id, files with
+1. :func:`plan_publish` builds, per dataset repo, what would be uploaded: repo id, files with
    sizes, rows per split, the regenerated card, the analysis plots (only when the analysis is
-   this run's, see :func:`analysis_problems`), the commit message and the validation result. A
-   dataset without a repo id is listed as skipped and is never pushed. With ``single_repo``
-   the datasets become configs of one repo.
-3. :func:`push` refuses a plan with any problem, then, per repo, creates the dataset repo,
+   this run's, see :func:`kernelbook_lib.hub_plots.analysis_problems`), the commit message and
+   the validation result (:func:`kernelbook_lib.hub_validate.validate_dataset_folder`, which
+   checks each dataset folder against its run summary). A dataset without a repo id is listed as
+   skipped and is never pushed. With ``single_repo`` the datasets become configs of one repo.
+2. :func:`push` refuses a plan with any problem, then, per repo, creates the dataset repo,
    makes ONE commit (``create_commit``: the planned files added, the repo's older data files and
    plots deleted) and tags it (``create_tag``), so every publish stays loadable with
    ``revision=<tag>``.
 
-The analyze flow calls :func:`attach_analysis` to put the plots and the correlation table into
-the local dataset folders and cards, so a folder looks like the repo it becomes.
+The analyze flow calls :func:`kernelbook_lib.hub_plots.attach_analysis` to put the plots and the
+correlation table into the local dataset folders and cards, so a folder looks like the repo it
+becomes.
 
 No function here prints or logs the token; Hub failures become one clear
 :class:`PublishError` (a :class:`UserError`) without the token. Every request to the Hub has
@@ -26,23 +24,17 @@ an error, not a hang.
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
-import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-import pyarrow.parquet as pq
 from pydantic import SecretStr
 
 from kernelbook_lib import __version__, export
 from kernelbook_lib.cards import (
-    DECLARED_COLUMNS,
-    EXPECTED_SPLITS,
     KINDS,
     CardPart,
     public_source,
@@ -50,22 +42,10 @@ from kernelbook_lib.cards import (
     render_dataset_card,
 )
 from kernelbook_lib.errors import UserError
-from kernelbook_lib.export import atomic_path, write_text
+from kernelbook_lib.export import write_text
+from kernelbook_lib.hub_plots import _mirror_images, _read_json, analysis_images, analysis_problems, load_analysis
+from kernelbook_lib.hub_validate import SUMMARY_FILES, FolderReport, validate_dataset_folder
 
-#: Which summary describes each dataset, relative to the output folder.
-SUMMARY_FILES: dict[str, str] = {
-    "filtered": "run_summary.json",
-    "unique": "run_summary.json",
-    "synthetic": "synthetic_summary.json",
-}
-#: The analyze flow's result, relative to the output folder (optional).
-ANALYSIS_FILE = Path("analysis") / "analysis.json"
-#: How each plot is introduced in a card (the analysis report's captions).
-PLOT_CAPTIONS = {
-    "correlation_analysis.png": "Correlations: scatter plots, reward by score, mean-reward heatmap",
-    "joint_distribution.png": "Joint distribution of difficulty and style, coloured by reward",
-    "reward_distribution.png": "Distribution of reward",
-}
 #: The settings variable that names each dataset's repo.
 REPO_VARIABLES: dict[str, str] = {
     "filtered": "HF_FILTERED_REPO",
@@ -81,7 +61,6 @@ REMOTE_REPLACED_SINGLE = ("data/*", "images/*", *(f"{kind}/*" for kind in KINDS)
 #: writes (not the whole transfer: a large upload that keeps moving never times out).
 HUB_TIMEOUT_S = 60.0
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-_LEAK_EXAMPLES = 5
 
 
 class PublishError(UserError):
@@ -91,259 +70,6 @@ class PublishError(UserError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
-
-
-# --- validation ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FolderReport:
-    """What :func:`validate_dataset_folder` found in one dataset folder."""
-
-    path: Path
-    kind: str
-    rows: dict[str, int]  # rows per expected split that was found
-    split_bytes: dict[str, int]  # Arrow bytes per split (the card's dataset_info num_bytes)
-    columns: dict[str, pl.DataType]  # the data's columns and types (all files agree when ok)
-    data_files: tuple[str, ...]  # the split files, relative to the folder, posix style
-    problems: tuple[str, ...]
-    split_files: dict[str, list[str]] = field(default_factory=dict)  # the same files by split
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def _split_files(folder: Path, kind: str, problems: list[str]) -> dict[str, list[Path]]:
-    """The parquet files of each expected split; every other parquet file is a problem."""
-    expected = EXPECTED_SPLITS[kind]
-    shards: dict[str, list[tuple[int, int, Path]]] = {}
-    for path in sorted(folder.rglob("*.parquet")):
-        relative = path.relative_to(folder).as_posix()
-        match = export.SHARD_NAME.match(path.name)
-        if path.parent != folder / "data" or match is None:
-            problems.append(f"unexpected data file {relative} (expected data/<split>-NNNNN-of-NNNNN-<fingerprint>.parquet)")
-        elif export.file_sha256(path)[: export.FINGERPRINT_CHARS] != match["fingerprint"]:
-            # The name is what datasets' cache and the card key on: it must follow the content.
-            problems.append(f"{relative} does not hold the content its name's fingerprint says (edited by hand?); run its flow again")
-        elif match["split"] not in expected:
-            problems.append(f"unexpected split {match['split']!r} ({relative}); {kind} has splits {list(expected)}")
-        else:
-            shards.setdefault(match["split"], []).append((int(match["index"]), int(match["count"]), path))
-    files: dict[str, list[Path]] = {}
-    for split in expected:
-        found = sorted(shards.get(split, []))
-        if not found:
-            problems.append(f"split {split!r} is missing (no data/{split}-*.parquet)")
-            continue
-        counts = {count for _, count, _ in found}
-        if len(counts) != 1 or [index for index, _, _ in found] != list(range(counts.pop())):
-            names = ", ".join(p.name for _, _, p in found)
-            problems.append(f"split {split!r} has an incomplete set of shards ({names})")
-            continue
-        files[split] = [p for _, _, p in found]
-    return files
-
-
-def _arrow_bytes(parquet: pq.ParquetFile) -> int:
-    """The in-memory Arrow size of a parquet file, read one row group at a time."""
-    return sum(parquet.read_row_group(i).nbytes for i in range(parquet.num_row_groups))
-
-
-def validate_dataset_folder(path: str | Path, kind: str, summary: Mapping[str, Any]) -> FolderReport:
-    """Check one dataset folder in Hub layout against ``summary`` (its run summary as a dict).
-
-    Reads the parquet files directly (metadata, the schema, ``problem_id``; Arrow sizes row
-    group by row group) rather than through ``datasets``, which would first copy everything
-    into its cache. Never raises for a problem in the data: every problem is listed in
-    :attr:`FolderReport.problems`.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    folder = Path(path)
-    problems: list[str] = []
-    rows: dict[str, int] = {}
-    split_bytes: dict[str, int] = {}
-    columns: dict[str, pl.DataType] = {}
-    data_files: list[str] = []
-    split_files: dict[str, list[str]] = {}
-    if not folder.is_dir():
-        problems.append(f"{folder} does not exist; run the flow that writes it first")
-        return FolderReport(folder, kind, rows, split_bytes, columns, (), tuple(problems))
-
-    files = _split_files(folder, kind, problems)
-    problem_ids: dict[str, set[str]] = {}
-    for split, paths in files.items():
-        for file in paths:
-            relative = file.relative_to(folder).as_posix()
-            try:
-                parquet = pq.ParquetFile(file)
-                file_columns = dict(pl.read_parquet_schema(file))
-                n, nbytes = parquet.metadata.num_rows, _arrow_bytes(parquet)
-                ids = None
-                if kind != "synthetic" and "problem_id" in file_columns:
-                    ids = pl.read_parquet(file, columns=["problem_id"]).get_column("problem_id")
-            except (OSError, pl.exceptions.PolarsError, ValueError) as exc:
-                problems.append(f"cannot read {relative}: {exc}")
-                continue
-            data_files.append(relative)
-            split_files.setdefault(split, []).append(relative)
-            rows[split] = rows.get(split, 0) + n
-            split_bytes[split] = split_bytes.get(split, 0) + nbytes
-            if not columns:
-                columns = file_columns
-            elif file_columns != columns:
-                problems.append(f"{relative} has other columns or types than {data_files[0]}")
-            if ids is not None:
-                if ids.null_count():
-                    problems.append(f"{relative}: {ids.null_count()} row(s) without a problem_id")
-                problem_ids.setdefault(split, set()).update(ids.drop_nulls().to_list())
-
-    if columns:
-        missing = [c for c in DECLARED_COLUMNS[kind] if c not in columns]
-        if missing:
-            problems.append(f"the data lacks column(s) {missing}; columns found: {list(columns)}")
-
-    # A problem in two splits leaks validation into training.
-    split_names = list(problem_ids)
-    for i, first in enumerate(split_names):
-        for second in split_names[i + 1:]:
-            shared = sorted(problem_ids[first] & problem_ids[second])
-            if shared:
-                examples = ", ".join(shared[:_LEAK_EXAMPLES]) + (", ..." if len(shared) > _LEAK_EXAMPLES else "")
-                problems.append(f"{len(shared)} problem_id(s) are in both {first} and {second}: {examples}")
-
-    summary_file = SUMMARY_FILES[kind]
-    expected_rows = (summary.get("datasets") or {}).get(kind)
-    if not isinstance(expected_rows, Mapping):
-        problems.append(f"{summary_file} has no row counts for {kind!r} (its 'datasets' entry)")
-    elif set(files) == set(EXPECTED_SPLITS[kind]):  # counts are only comparable when every split was read
-        for split in sorted(set(expected_rows) | set(rows)):
-            found, expected = rows.get(split, 0), expected_rows.get(split)
-            if found != expected:
-                problems.append(f"split {split!r} has {found} rows but {summary_file} says {expected}")
-
-    return FolderReport(folder, kind, rows, split_bytes, columns, tuple(data_files), tuple(problems), split_files)
-
-
-# --- the analysis: this run's, or none -----------------------------------------------------
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path} not found: {what}") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} does not hold a JSON object")
-    return data
-
-
-def load_analysis(input_dir: str | Path) -> dict | None:
-    """``OUT/analysis/analysis.json`` when the analyze flow has run, else None."""
-    path = Path(input_dir) / ANALYSIS_FILE
-    return _read_json(path, "run the analyze flow first") if path.exists() else None
-
-
-def run_identity(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """Which curate run a summary describes: its ``run_id`` (new for every run) and start. The
-    analysis of a run happens before its ``run_summary.json`` is written, so nothing set at the
-    end (``finished_at``) may be part of it."""
-    return {key: summary.get(key) for key in ("pipeline", "run_id", "started_at")}
-
-
-def _summary_of(root: Path, summary: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    """``summary`` (the run that is writing ``root`` now), else the folder's finished run."""
-    return summary if summary is not None else _read_json(root / SUMMARY_FILES["filtered"], "run curate first")
-
-
-def analysis_identity(input_dir: str | Path, summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What an analysis of ``input_dir`` is about, recorded in ``analysis.json``: the curate run
-    (``summary``, the run writing the folder now, else its ``run_summary.json``) and the exact
-    ``filtered`` shards (their names carry their content's fingerprint)."""
-    root = Path(input_dir)
-    summary_path = root / SUMMARY_FILES["filtered"]
-    if summary is None:
-        summary = _read_json(summary_path, "run curate first") if summary_path.exists() else {}
-    return {"run": run_identity(summary), "data_files": export.dataset_files(root / "filtered")}
-
-
-def plot_digests(paths: list[str] | list[Path]) -> dict[str, str]:
-    """``{file name: sha256}`` of the plots, recorded in ``analysis.json``."""
-    return {Path(p).name: export.file_sha256(Path(p)) for p in paths}
-
-
-def analysis_problems(analysis: Mapping[str, Any], input_dir: Path, summary: Mapping[str, Any]) -> list[str]:
-    """Why ``analysis`` must not go into this run's cards (empty when it may): it analysed
-    another run or other files, or a plot beside it is not the one it drew."""
-    where = ANALYSIS_FILE.as_posix()
-    rerun = "re-run the analyze flow (or remove the stale analysis)"
-    if "run" not in analysis or "data_files" not in analysis:
-        return [f"{where} does not say which run it analysed (written by an older version); {rerun}"]
-    if analysis["run"] != run_identity(summary):
-        return [f"{where} analysed the run finished at {analysis['run'].get('finished_at')}, not this "
-                f"run (finished at {summary.get('finished_at')}); {rerun}"]
-    if analysis["data_files"] != export.dataset_files(Path(input_dir) / "filtered"):
-        return [f"{where} analysed other filtered files than those in the folder; {rerun}"]
-    problems = []
-    folder = (Path(input_dir) / ANALYSIS_FILE).parent
-    for name, digest in (analysis.get("plots") or {}).items():
-        path = folder / name
-        if not path.is_file() or export.file_sha256(path) != digest:
-            problems.append(f"{(ANALYSIS_FILE.parent / name).as_posix()} is not the plot this analysis drew; {rerun}")
-    return problems
-
-
-def analysis_images(input_dir: Path, analysis: Mapping[str, Any] | None) -> list[tuple[Path, str, str]]:
-    """The plots to publish as ``(local file, path in the repo, caption)``."""
-    folder = (Path(input_dir) / ANALYSIS_FILE).parent
-    return [
-        (folder / name, f"{export.IMAGES_DIR}/{name}", PLOT_CAPTIONS.get(name, name))
-        for name in sorted((analysis or {}).get("plots") or {})
-    ]
-
-
-def _mirror_images(folder: Path, images: list[tuple[Path, str, str]]) -> None:
-    """Make ``folder/images`` hold exactly ``images`` (older plots removed)."""
-    target = folder / export.IMAGES_DIR
-    wanted = {Path(in_repo).name for _, in_repo, _ in images}
-    if target.is_dir():
-        for old in target.iterdir():
-            if old.name not in wanted:
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
-    for source, in_repo, _ in images:
-        if not (folder / in_repo).is_file() or export.file_sha256(folder / in_repo) != export.file_sha256(source):
-            with atomic_path(folder / in_repo) as tmp:
-                shutil.copyfile(source, tmp)
-
-
-def attach_analysis(input_dir: str | Path, summary: Mapping[str, Any] | None = None) -> list[Path]:
-    """Put the analysis into the local ``filtered`` and ``unique`` folders: the plots into
-    ``images/`` and a card with the correlation table and the plots. Refuses (UserError) an
-    analysis that is not this run's (``summary``: the run writing the folder now, else its
-    ``run_summary.json``). Returns the folders updated."""
-    root = Path(input_dir)
-    analysis = load_analysis(root)
-    if analysis is None:
-        raise UserError(f"{root / ANALYSIS_FILE} not found: run the analyze flow first")
-    summary = _summary_of(root, summary)
-    problems = analysis_problems(analysis, root, summary)
-    images = analysis_images(root, analysis)
-    updated = []
-    for kind in ("filtered", "unique"):
-        report = validate_dataset_folder(root / kind, kind, summary)
-        if problems or not report.ok:
-            raise UserError(f"not adding the analysis to {root / kind}: " + "; ".join([*problems, *report.problems]))
-        card = render_dataset_card(
-            kind, summary, report.rows, analysis, data_files=report.split_files, columns=report.columns,
-            images=[(in_repo, caption) for _, in_repo, caption in images],
-        )
-        _mirror_images(report.path, images)
-        write_text(report.path / export.CARD_FILE, card)
-        updated.append(report.path)
-    return updated
 
 
 # --- plan ----------------------------------------------------------------------------------

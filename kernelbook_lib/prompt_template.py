@@ -2,12 +2,13 @@
 syntax tree of a PyTorch module, deterministically, without a model.
 
 The module's source is only *parsed* (``ast``), never executed or imported: the facts come from
-:func:`kernelbook_lib.module_analysis.describe_module` (the module analyser the static judge
-shares): the class, its ``__init__`` parameters and ``forward`` signature, the input shapes of
-``get_inputs()`` and the construction arguments of ``get_init_inputs()`` when they are written
-as literals (read with ``ast.literal_eval``, which evaluates literals only), the operations
-``forward`` uses, and the learnable parameters ``__init__`` creates. Whatever cannot be read from
-the source is said to be unknown, never guessed. This module writes the text.
+:func:`kernelbook_lib.module_describe.describe_module` (on the reading of
+:mod:`kernelbook_lib.module_parse` that the static judge shares): the class, its ``__init__``
+parameters and ``forward`` signature, the input shapes of ``get_inputs()`` and the construction
+arguments of ``get_init_inputs()`` when they are written as literals (read with
+``ast.literal_eval``, which evaluates literals only), the operations ``forward`` uses, and the
+learnable parameters ``__init__`` creates. Whatever cannot be read from the source is said to be
+unknown, never guessed. This module writes the text.
 
 The same source always gives the same text (no sets are iterated, nothing depends on time,
 hashes or the environment), so ``template-ast-v2`` identifies the exact output; change
@@ -19,11 +20,10 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from kernelbook_lib.module_analysis import (
+from kernelbook_lib.module_describe import (
     REASON_CLASS_NOT_FOUND,
     REASON_UNPARSEABLE,
     Holding,
-    InputFact,
     ModuleFacts,
     ModuleNotUsable,
     Param,
@@ -32,6 +32,7 @@ from kernelbook_lib.module_analysis import (
     find_class,
     parse_module,
 )
+from kernelbook_lib.module_inputs import InputFact
 
 __all__ = [
     "REASON_CLASS_NOT_FOUND", "REASON_UNPARSEABLE", "TEMPLATE_GENERATOR", "Holding", "InputFact", "ModuleFacts",
@@ -42,7 +43,7 @@ __all__ = [
 #: The label of this generator (the ``generator`` column of its rows and of the summary).
 TEMPLATE_GENERATOR = "template-ast-v2"
 
-#: The facts the text is written from (see :func:`kernelbook_lib.module_analysis.describe_module`).
+#: The facts the text is written from (see :func:`kernelbook_lib.module_describe.describe_module`).
 analyze = describe_module
 
 

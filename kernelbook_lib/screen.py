@@ -34,7 +34,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from kernelbook_lib.module_analysis import parse_code
+from kernelbook_lib.module_parse import parse_code
 from kernelbook_lib.screen_facts import ClassInfo, TreeFacts, same_op
 from kernelbook_lib.screen_values import PARAM
 from kernelbook_lib.screen_walk import C, DEFAULT, LIST, MAX_STEPS, NONE, T, Frame, V, Walker

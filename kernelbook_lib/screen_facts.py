@@ -20,15 +20,14 @@ import ast
 import builtins
 import re
 
-from kernelbook_lib.module_analysis import (
+from kernelbook_lib.module_parse import (
     CHILD_FIELDS,
-    LAYER_OPERATIONS,
-    OPERATION_LEVELS,
     ImportTable,
     chain,
     child_fields,
     children,
 )
+from kernelbook_lib.module_vocabulary import LAYER_OPERATIONS, OPERATION_LEVELS
 
 # --- vocabulary ----------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from kernelbook_lib import schema
 from kernelbook_lib.defaults import ScreenMode
 from kernelbook_lib.judging import STYLE, STYLE_WHY
 from kernelbook_lib.ledger import StageResult, rejections
-from kernelbook_lib.module_analysis import parse_code
+from kernelbook_lib.module_parse import parse_code
 from kernelbook_lib.neardup import default_workers
 from kernelbook_lib.screen import SCREEN_VERSION, ScreenVerdict, screen
 from kernelbook_lib.static_judge import analyze_solution, style_from_features

@@ -9,11 +9,12 @@ nested trees cannot exhaust the interpreter's stack.
 Difficulty (0-10): what the PyTorch reference module does
 ==========================================================
 
-:func:`analyze_module` (in :mod:`kernelbook_lib.module_analysis`, the module analyser the
-template prompt generator shares) collects the operations the module performs: ``torch.*`` /
-``F.*`` calls, ``nn.*`` layers built anywhere, tensor methods (``x.sum(1)``), and the operators
-``+ - * / ** @`` and comparisons in compute code. Each operation has an intrinsic level
-(the tables ``OPERATION_LEVELS``/``LAYER_OPERATIONS`` there). In ``__init__`` and other set-up methods
+:func:`analyze_module` (in :mod:`kernelbook_lib.module_judge_facts`, on the reading of
+:mod:`kernelbook_lib.module_parse` that the template prompt generator shares) collects the
+operations the module performs: ``torch.*`` / ``F.*`` calls, ``nn.*`` layers built anywhere,
+tensor methods (``x.sum(1)``), and the operators ``+ - * / ** @`` and comparisons in compute
+code. Each operation has an intrinsic level (the tables ``OPERATION_LEVELS``/``LAYER_OPERATIONS``
+of :mod:`kernelbook_lib.module_vocabulary`). In ``__init__`` and other set-up methods
 (``reset_parameters``, ``init_weights``...) only layer constructions count, so arithmetic
 that builds buffers or shapes does not make a module look harder. ``get_inputs``,
 ``get_init_inputs`` and ``if __name__ == "__main__"`` blocks are ignored. A construction or
@@ -90,7 +91,7 @@ kernel that passed the reward filter "works", so it is at least "messy but works
 Bands: 0-1 broken/unparseable, 2-3 messy but works, 4-5 acceptable, 6 good structure,
 7-8 very good, 9-10 excellent.
 
-Parsing is :func:`kernelbook_lib.module_analysis.parse_code` (compile-time warnings silenced,
+Parsing is :func:`kernelbook_lib.module_parse.parse_code` (compile-time warnings silenced,
 so a ``-W error`` environment cannot turn them into syntax errors).
 """
 
@@ -100,16 +101,9 @@ import ast
 import re
 from dataclasses import dataclass
 
-from kernelbook_lib.module_analysis import (
-    CHILD_FIELDS,
-    EMPTY_MODULE,
-    OPERATION_LEVELS,
-    ModuleFeatures,
-    analyze_module,
-    child_fields,
-    children,
-    parse_code,
-)
+from kernelbook_lib.module_judge_facts import EMPTY_MODULE, ModuleFeatures, analyze_module
+from kernelbook_lib.module_parse import CHILD_FIELDS, child_fields, children, parse_code
+from kernelbook_lib.module_vocabulary import OPERATION_LEVELS
 from kernelbook_lib.text import solution_code
 
 __all__ = [

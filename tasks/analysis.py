@@ -30,7 +30,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from kernelbook_lib import analysis, hub, plot_files, report
+from kernelbook_lib import analysis, hub_plots, plot_files, report
 from kernelbook_lib.errors import UserError
 from kernelbook_lib.export import write_text
 
@@ -100,14 +100,14 @@ def describe_judges(df: pl.DataFrame) -> dict:
 def identify_judged(input: str, run: dict | None = None) -> dict:
     """Which run and which exact ``filtered`` files are analysed (listed before they are read, so
     a run that replaces them meanwhile makes the analysis look stale, never current)."""
-    return hub.analysis_identity(input, run)
+    return hub_plots.analysis_identity(input, run)
 
 
 @task(name="record-analysis", **ANALYSIS_TASK)
 def record_analysis(result: dict, identity: dict, plot_paths: list[str]) -> dict:
     """The analysis with what it analysed and the SHA-256 of each plot it drew: the publisher
     embeds a plot in a card only when both match (no plot of another run can slip in)."""
-    return {**result, **identity, "plots": hub.plot_digests(plot_paths)}
+    return {**result, **identity, "plots": hub_plots.plot_digests(plot_paths)}
 
 
 @task(name="attach-analysis", **ANALYSIS_TASK)
@@ -120,7 +120,7 @@ def attach_analysis(input: str, out_dir: str, run: dict | None = None) -> list[s
         logger.info(f"analysis: not added to the dataset cards ({out_dir} is not {Path(input) / DEFAULT_SUBDIR}, where publish reads it)")
         return []
     try:
-        folders = hub.attach_analysis(input, run)
+        folders = hub_plots.attach_analysis(input, run)
     except UserError as exc:
         logger.warning(f"analysis: not added to the dataset cards: {exc}")
         return []

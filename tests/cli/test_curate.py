@@ -126,18 +126,18 @@ def test_first_run_on_a_fresh_prefect_home_is_clean(sample_run):
 def test_the_dataset_cards_show_this_runs_analysis(sample_run):
     """curate runs the analysis at the end; its plots go into each dataset folder and card,
     byte for byte those the analysis recorded, and the folder is publishable as it is."""
-    from kernelbook_lib import hub
+    from kernelbook_lib import hub, hub_plots
 
     out, _ = sample_run
     analysis = json.loads((out / "analysis" / "analysis.json").read_text())
-    assert analysis["run"] == hub.run_identity(json.loads((out / "run_summary.json").read_text()))
+    assert analysis["run"] == hub_plots.run_identity(json.loads((out / "run_summary.json").read_text()))
     for name in ("filtered", "unique"):
         folder = out / name
         images = sorted((folder / "images").iterdir())
         assert [p.name for p in images] == sorted(analysis["plots"])
         for image in images:
             assert image.read_bytes() == (out / "analysis" / image.name).read_bytes()
-            assert hub.plot_digests([image])[image.name] == analysis["plots"][image.name]
+            assert hub_plots.plot_digests([image])[image.name] == analysis["plots"][image.name]
         card = (folder / "README.md").read_text()
         assert all(f"](images/{p.name})" in card for p in images)
         assert "## Correlations of difficulty, style and reward" in card and f"n = {analysis['n']} judged rows" in card

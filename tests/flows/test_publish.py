@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 from pydantic import SecretStr
 
-from kernelbook_lib import export, hub
+from kernelbook_lib import export, hub, hub_plots
 from kernelbook_lib.errors import UserError
 from tests.fixtures.hub_server import GITATTRIBUTES, HubStandIn, SilentHub
 from tests.lib.test_cards import ANALYSIS, judged_frame, replace_shard, shard, write_out, write_synthetic
@@ -64,8 +64,8 @@ def write_analysis(root: Path, **overrides) -> dict:
     folder.mkdir(exist_ok=True)
     (folder / "joint_distribution.png").write_bytes(b"\x89PNG plot of this run")
     summary = json.loads((root / "run_summary.json").read_text())
-    analysis = {**ANALYSIS, "run": hub.run_identity(summary), "data_files": export.dataset_files(root / "filtered"),
-                "plots": hub.plot_digests([folder / "joint_distribution.png"]), **overrides}
+    analysis = {**ANALYSIS, "run": hub_plots.run_identity(summary), "data_files": export.dataset_files(root / "filtered"),
+                "plots": hub_plots.plot_digests([folder / "joint_distribution.png"]), **overrides}
     (folder / "analysis.json").write_text(json.dumps(analysis))
     return analysis
 
@@ -198,7 +198,7 @@ def test_attach_analysis_puts_this_runs_plots_into_the_folders_and_cards(out: Pa
     write_analysis(out)
     (out / "filtered" / "images").mkdir()
     (out / "filtered" / "images" / "old_plot.png").write_bytes(b"from another run")
-    assert hub.attach_analysis(out) == [out / "filtered", out / "unique"]
+    assert hub_plots.attach_analysis(out) == [out / "filtered", out / "unique"]
     for kind in ("filtered", "unique"):
         folder = out / kind
         assert sorted(p.name for p in (folder / "images").iterdir()) == ["joint_distribution.png"]
@@ -208,7 +208,7 @@ def test_attach_analysis_puts_this_runs_plots_into_the_folders_and_cards(out: Pa
     # An analysis of another run is never attached.
     write_analysis(out, run={"pipeline": "curate", "started_at": "x", "finished_at": "y"})
     with pytest.raises(UserError, match="not adding the analysis to .*analysed the run finished at y"):
-        hub.attach_analysis(out)
+        hub_plots.attach_analysis(out)
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -457,7 +457,7 @@ def test_the_readme_names_the_planted_near_duplicate_families(rows):
     assert len(planted_kb) == make_sample.KERNELBOOK_FAMILIES
 
     # The names the README gives, each family's members distinct code of one operation.
-    from kernelbook_lib.module_analysis import analyze_module
+    from kernelbook_lib.module_judge_facts import analyze_module
     from kernelbook_lib.static_judge import difficulty_of
 
     first = {}
