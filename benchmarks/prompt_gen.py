@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from kernelbook_lib.params import GenerateParams
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -76,7 +77,7 @@ def worker_template_flow(src: str, out: str) -> None:
 
     warm_up()  # imports and the ephemeral Prefect server's start, measured apart
     started = time.perf_counter()
-    summary = generate_prompts(source=src, backend="template", out=out)
+    summary = generate_prompts(GenerateParams(source=src, backend="template", out=out))
     end = time.perf_counter()
     print(json.dumps({"startup_s": round(started - start, 2), "wall_s": round(end - started, 2),
                       "rows_in": summary["stages"][0]["rows_in"], "prompts": summary["datasets"]["synthetic"]["train"],
@@ -86,12 +87,12 @@ def worker_template_flow(src: str, out: str) -> None:
 def worker_template_library(src: str) -> None:
     import polars as pl
 
-    from kernelbook_lib import loading, prompt_gen
+    from kernelbook_lib import loading, prompt_gen, synthetic
 
     start = time.perf_counter()
-    prepared = prompt_gen.prepare(loading.LoadedSource(pl.read_parquet(src), src))
+    prepared = synthetic.prepare(loading.LoadedSource(pl.read_parquet(src), src))
     t_load = time.perf_counter()
-    dedupe = prompt_gen.dedupe_problems(prepared.result.frame)
+    dedupe = synthetic.dedupe_problems(prepared.result.frame)
     specs = prompt_gen.template_spec_rows(dedupe.frame)
     result = prompt_gen.apply_specs(dedupe.frame, specs)
     end = time.perf_counter()
@@ -116,7 +117,7 @@ def worker_llm(mode: str, src: str, out: str, calls: int) -> None:
         start = time.perf_counter()
         # One call per distinct problem: the generated problems share few templates, so families
         # (the default) would collapse them and measure far fewer calls.
-        summary = generate_prompts(source=src, backend="llm", out=out, near_dup=False)
+        summary = generate_prompts(GenerateParams(source=src, backend="llm", out=out, near_dup=False))
         wall = time.perf_counter() - start
         accounting = summary["llm"]
     else:

@@ -6,16 +6,14 @@ the run and files it analysed and each plot's SHA-256), three PNG plots and ``re
 artifact ``analysis-report``. With the default ``OUT`` the plots and the correlation table are
 also put into the ``filtered`` and ``unique`` folders (``images/`` and their cards).
 
-    python -m flows.analyze --input outputs [--out outputs/analysis]
+    kernelbook analyze --input outputs [--out outputs/analysis]
 """
 
 from __future__ import annotations
 
-import tasks  # noqa: F401  (Prefect environment defaults, before prefect is imported)
-
-import sys
-
 from prefect import flow, get_run_logger
+
+from kernelbook_lib.params import as_params, AnalyzeParams
 
 from tasks.analysis import (
     REPORT_ARTIFACT_KEY,
@@ -35,14 +33,16 @@ from tasks.analysis import (
 from tasks.artifacts import correlations_artifact
 
 
-@flow(name="analyze", log_prints=False)
-def analyze(input: str = "outputs", out: str | None = None, run: dict | None = None) -> dict:
+@flow(name="analyze", log_prints=False, validate_parameters=False)  # params: checked by as_params
+def analyze(params: AnalyzeParams = AnalyzeParams(), run: dict | None = None) -> dict:
     """Analyse the judged dataset in ``input``; write the results into ``out`` (default INPUT/analysis).
 
     ``run``: the run summary of the curate run that has just written ``input`` (its
     ``run_summary.json`` is written after the analysis), which says which run is analysed and
     how many rows the files must hold; without it the folder must hold a finished run's
     ``run_summary.json``."""
+    params = as_params("analyze", params)
+    input, out = params.input, params.out
     out_dir = prepare_analysis_out(input, out)
     identity = identify_judged(input, run)
     df = load_judged(input, run)
@@ -66,8 +66,3 @@ def analyze(input: str = "outputs", out: str | None = None, run: dict | None = N
         "attached_to": attached,
     }
 
-
-if __name__ == "__main__":
-    from kernelbook_cli import main
-
-    main(["analyze", *sys.argv[1:]])

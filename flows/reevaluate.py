@@ -17,88 +17,57 @@ filtered/unique datasets, the split and the analysis are recomputed from all row
 which keeps them consistent (a problem never changes split when the source grows).
 
     kernelbook re-evaluate --source sample --judge static --out outputs [--publish]
-    python -m flows.reevaluate ...   (the same command)
 """
 
 from __future__ import annotations
 
-import tasks  # noqa: F401  (Prefect environment defaults, before prefect is imported)
-
-import sys
-import typing
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from flows.curate import curate
 from flows.publish import publish as publish_flow
-from kernelbook_lib.defaults import DEFAULT_SCREEN, ScreenMode
-from kernelbook_lib.loading import DEFAULT_SOURCE, SplitName
-from kernelbook_lib.neardup import DEFAULT_NEAR_DUP_THRESHOLD
-from kernelbook_lib.stages import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION, GroupBy
+from kernelbook_lib import outlock
+from kernelbook_lib.params import as_params, CurateParams, PublishParams, ReevaluateParams
 from tasks.analysis import DEFAULT_SUBDIR, REPORT_MD
-from tasks.preflight import guarded
-from tasks.runners import TaskRunnerKind, task_runner_session
-
-#: The judges ``curate`` accepts, taken from its signature so the two flows never disagree.
-CurateJudge = typing.get_type_hints(curate.fn)["judge"]
+from tasks.pipeline import check_and_lock
+from tasks.runners import task_runner_session
 
 
-@flow(name="re-evaluate", log_prints=False)
-@guarded("re-evaluate")  # parameters, settings and .env checked, then `out` locked, before any work
-def reevaluate(
-    source: str = DEFAULT_SOURCE,
-    split: SplitName = "train",
-    judge: CurateJudge = "auto",  # type: ignore[valid-type]
-    out: str = "outputs",
-    publish: bool = False,
-    private: bool = True,
-    threshold: float = DEFAULT_THRESHOLD,
-    limit: int | None = None,
-    seed: int = DEFAULT_SEED,
-    val_fraction: float = DEFAULT_VAL_FRACTION,
-    group_by: GroupBy = "problem_id",
-    max_judge_failure_rate: float | None = None,
-    near_dup: bool = True,
-    near_dup_threshold: float = DEFAULT_NEAR_DUP_THRESHOLD,
-    decontaminate: list[str] | None = None,
-    screen: ScreenMode = DEFAULT_SCREEN,
-    single_repo: str | None = None,
-    task_runner: TaskRunnerKind = "default",
-    dask_address: str | None = None,
-) -> dict:
-    """Re-curate ``source`` into ``out`` (re-judging only what changed) with its analysis in
-    ``out``/analysis, and publish ``out`` to the Hub when ``publish`` is true (repos from
-    HF_FILTERED_REPO / HF_UNIQUE_REPO, or as configs of ``single_repo``; token from HF_TOKEN or
-    a saved ``hf auth login``). ``max_judge_failure_rate``
-    None keeps curate's default; a run over it stops before the analysis and the publish."""
+@flow(name="re-evaluate", log_prints=False, validate_parameters=False)  # params: checked by as_params
+def reevaluate(params: ReevaluateParams = ReevaluateParams()) -> dict:
+    """Re-curate ``params.source`` into ``params.out`` (re-judging only what changed) with its
+    analysis in ``out``/analysis, and publish ``out`` to the Hub when ``params.publish`` is true
+    (repos from HF_FILTERED_REPO / HF_UNIQUE_REPO, or as configs of ``single_repo``; token from
+    HF_TOKEN or a saved ``hf auth login``). ``max_judge_failure_rate`` None keeps curate's
+    default; a run over it stops before the analysis and the publish."""
+    params = as_params("re-evaluate", params)
     logger = get_run_logger()
-    options = {} if max_judge_failure_rate is None else {"max_judge_failure_rate": max_judge_failure_rate}
-    # A Dask runner applies to the curate subflow, where the static judge is mapped over chunks.
-    with task_runner_session(task_runner, dask_address) as runner:
-        summary = curate.with_options(task_runner=runner)(
-            source=source, split=split, threshold=threshold, judge=judge, limit=limit, seed=seed,
-            val_fraction=val_fraction, group_by=group_by, out=out, analysis=True,
-            near_dup=near_dup, near_dup_threshold=near_dup_threshold, decontaminate=decontaminate, screen=screen, **options,
+    out = params.out
+    check_and_lock("re-evaluate", params.model_dump())  # before any work; curate takes it again
+    try:
+        shared = {name: getattr(params, name) for name in CurateParams.model_fields if name in ReevaluateParams.model_fields}
+        if params.max_judge_failure_rate is None:
+            del shared["max_judge_failure_rate"]
+        curate_params = CurateParams(**shared, analysis=True)
+        # A Dask runner applies to the curate subflow, where the static judge is mapped over chunks.
+        with task_runner_session(params.task_runner, params.dask_address) as runner:
+            summary = curate.with_options(task_runner=runner)(curate_params)
+        if summary.get("llm"):
+            logger.info(f"re-evaluate: judge calls {summary['llm']}")
+        published = (
+            publish_flow(PublishParams(input=out, push=True, private=params.private, single_repo=params.single_repo))
+            if params.publish else None
         )
-    if summary.get("llm"):
-        logger.info(f"re-evaluate: judge calls {summary['llm']}")
-    published = publish_flow(input=out, push=True, private=private, single_repo=single_repo) if publish else None
-    logger.info(
-        f"re-evaluate: {out} refreshed (datasets {summary['datasets']}); "
-        + ("published" if published else "not published (publish=false)")
-    )
-    return {
-        "out": out,
-        "summary": summary,
-        "analysis_report": str(Path(out) / DEFAULT_SUBDIR / REPORT_MD),
-        "published": published,
-    }
-
-
-if __name__ == "__main__":
-    # `python -m flows.reevaluate ...` is `kernelbook re-evaluate ...`: the same options, checks,
-    # lock and summary. The CLI is imported here only; the flow never depends on it.
-    from kernelbook_cli import main
-
-    main(["re-evaluate", *sys.argv[1:]])
+        logger.info(
+            f"re-evaluate: {out} refreshed (datasets {summary['datasets']}); "
+            + ("published" if published else "not published (publish=false)")
+        )
+        return {
+            "out": out,
+            "summary": summary,
+            "analysis_report": str(Path(out) / DEFAULT_SUBDIR / REPORT_MD),
+            "published": published,
+        }
+    finally:
+        outlock.release(out, "re-evaluate")

@@ -1,17 +1,21 @@
-"""The ``kernelbook`` command line: one sub-command per flow (``re-evaluate`` included; ``python -m
-flows.x`` calls it from the flow module's ``__main__`` block).
+"""The ``kernelbook`` command line: one sub-command per flow (``re-evaluate`` included), plus
+``server``.
 
-Each flow command's options are built from the flow's parameter model in
-:mod:`kernelbook_lib.params` (default, help, choices), never declared a second time here. Flows
+Each flow command's options are generated from the flow's parameter model in
+:mod:`kernelbook_lib.params` (:func:`model_command`: name, default, help, choices), never
+declared a second time here; the command passes the validated model to the flow. Flows
 (and so Prefect, ~4 s to import) are imported only when a command runs, so ``--help`` is quick. A :class:`~kernelbook_lib.errors.UserError` ends the run with one clear line on
 stderr and its exit code (2 for a user mistake), never a traceback.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
-from collections.abc import Iterator
+import types
+import typing
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -19,21 +23,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from typer.core import TyperGroup
 
 from kernelbook_lib.errors import UserError
-from kernelbook_lib.params import (
-    Backend,
-    CurateParams,
-    GenerateParams,
-    GroupBy,
-    Judge,
-    ReevaluateParams,
-    RunnerParams,
-    ScreenMode,
-    SplitName,
-    TaskRunner,
-)
+from kernelbook_lib.params import AnalyzeParams, CurateParams, GenerateParams, PublishParams, ReevaluateParams, RunnerParams, TaskRunner
 
 
 def _all_subclasses(cls: type) -> list[type]:
@@ -85,22 +79,61 @@ def _group(
     """Curate LLM eval rollouts of Triton kernels into judged, deduplicated, leak-free SFT datasets."""
 
 
-def _option(model: type[BaseModel], name: str, *flags: str, **extra: Any) -> Any:
-    """A typer option declared by the field ``name`` of a flow's parameter model: its default and
-    help text come from the model, so the CLI, the flows and ``prefect.yaml`` share one
-    declaration (choices come from the field's ``Literal`` type, which the command's annotation
-    names). Bounds are not repeated here: the preflight checks them against the model, and a
-    value out of range is one line naming the option, like every other mistake."""
-    field = model.model_fields[name]
-    return typer.Option(field.default, *flags, help=field.description, **extra)
+def _cli_type(annotation: Any) -> Any:
+    """The annotation typer reads for a model field (``X | None`` as ``Optional[X]``)."""
+    args = typing.get_args(annotation)
+    if type(annotation) is types.UnionType or typing.get_origin(annotation) is typing.Union:
+        rest = [a for a in args if a is not type(None)]
+        return Optional[rest[0]] if len(rest) == 1 else annotation
+    return annotation
 
 
-def _task_runner_option() -> Any:
-    return _option(RunnerParams, "task_runner", "--task-runner")
+def _flags(name: str, field: FieldInfo) -> tuple[str, ...]:
+    """A field's option spelling: its ``flag`` extra, else ``--name`` (``--name/--no-name`` for a
+    boolean that is on by default)."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if "flag" in extra:
+        return (str(extra["flag"]),)
+    flag = "--" + name.replace("_", "-")
+    if field.annotation is bool and field.default is True:
+        return (f"{flag}/--no-{flag[2:]}",)
+    return (flag,)
 
 
-def _dask_address_option() -> Any:
-    return _option(RunnerParams, "dask_address", "--dask-address")
+def model_options(*models: type[BaseModel]) -> list[inspect.Parameter]:
+    """The CLI options of ``models``' fields, in declaration order (a field declared by several
+    models once): name, default, choices (``Literal``), help, and the ``flag``/``metavar`` extras.
+    Bounds are not repeated: the preflight checks them against the model, and a value out of
+    range is one line naming the option, like every other mistake."""
+    options: dict[str, inspect.Parameter] = {}
+    for model in models:
+        for name, field in model.model_fields.items():
+            if name in options:
+                continue
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            option = typer.Option(field.default, *_flags(name, field), help=field.description, metavar=extra.get("metavar"))
+            options[name] = inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=_cli_type(field.annotation))
+    return list(options.values())
+
+
+def model_command(name: str, help: str, *models: type[BaseModel]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register ``fn(values)`` as the command ``name``, its options generated from ``models``
+    (the flow's parameter model, and the task-runner options where the command has them)."""
+
+    def register(fn: Callable[[dict[str, Any]], None]) -> Callable[..., None]:
+        parameters = model_options(*models)
+
+        def command(**values: Any) -> None:
+            fn(values)
+
+        command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in parameters}
+        command.__doc__ = help
+        command.__name__ = name.replace("-", "_")
+        app.command(name, help=help)(command)
+        return command
+
+    return register
 
 
 #: What the analysis imports to draw its plots (see ``run_flow``'s ``prefetch``).
@@ -214,85 +247,57 @@ def _show_curate_summary(summary: dict) -> None:
         typer.echo(f"warning: {warning}")
 
 
-@app.command()
-def curate(
-    source: str = _option(CurateParams, "source"),
-    split: SplitName = _option(CurateParams, "split"),
-    threshold: float = _option(CurateParams, "threshold"),
-    judge: Judge = _option(CurateParams, "judge"),
-    limit: Optional[int] = _option(CurateParams, "limit"),
-    seed: int = _option(CurateParams, "seed"),
-    val_fraction: float = _option(CurateParams, "val_fraction"),
-    group_by: GroupBy = _option(CurateParams, "group_by"),
-    out: Path = _option(CurateParams, "out"),
-    analysis: bool = _option(CurateParams, "analysis", "--analysis/--no-analysis"),
-    refresh_judge: bool = _option(CurateParams, "refresh_judge", "--refresh-judge"),
-    max_judge_failure_rate: float = _option(CurateParams, "max_judge_failure_rate"),
-    near_dup: bool = _option(CurateParams, "near_dup", "--near-dup/--no-near-dup"),
-    near_dup_threshold: float = _option(CurateParams, "near_dup_threshold"),
-    decontaminate: Optional[list[str]] = _option(CurateParams, "decontaminate", "--decontaminate", metavar="SRC"),
-    screen: ScreenMode = _option(CurateParams, "screen"),
-    task_runner: TaskRunner = _task_runner_option(),
-    dask_address: Optional[str] = _dask_address_option(),
-) -> None:
-    """Load, group near-duplicate families, filter, decontaminate, screen for real Triton kernels, judge, dedupe, split and export (the filtered and unique datasets)."""
-    out = Path(out)
-    values = dict(
-        source=source, split=split, threshold=threshold, judge=judge, limit=limit,
-        seed=seed, val_fraction=val_fraction, group_by=group_by, out=str(out), analysis=analysis,
-        refresh_judge=refresh_judge, max_judge_failure_rate=max_judge_failure_rate,
-        near_dup=near_dup, near_dup_threshold=near_dup_threshold, decontaminate=list(decontaminate or []),
-        screen=screen,
-    )
+def _split_runner(values: dict[str, Any]) -> tuple[dict[str, Any], TaskRunner, str | None]:
+    values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+    return values, values.pop("task_runner"), values.pop("dask_address")
+
+
+def _params(pipeline: str, values: dict[str, Any]) -> BaseModel:
+    from kernelbook_lib.params import validate_params
+
+    try:
+        return validate_params(pipeline, values)
+    except UserError as exc:  # already checked by the preflight; a second look cannot differ
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+@model_command(
+    "curate",
+    "Load, group near-duplicate families, filter, decontaminate, screen for real Triton kernels, judge, dedupe, split and export (the filtered and unique datasets).",
+    CurateParams, RunnerParams,
+)
+def curate(values: dict[str, Any]) -> None:
+    values, task_runner, dask_address = _split_runner(values)
+    out = Path(values["out"])
     with _checked_and_locked("curate", values, task_runner, dask_address):
         from flows.curate import curate as curate_flow
         from kernelbook_lib.export import SUMMARY_FILE
 
+        params = _params("curate", values)
         with _summary_of_a_failed_run(out / SUMMARY_FILE, _show_curate_summary):
-            result = run_with_runner(curate_flow, task_runner, dask_address, prefetch=PLOTTING if analysis else (), **values)
+            result = run_with_runner(curate_flow, task_runner, dask_address, prefetch=PLOTTING if values["analysis"] else (), params=params)
     typer.echo("")
     _show_curate_summary(result)
-    typer.echo(f"outputs in {out}/ (filtered/, unique/, rejected.jsonl, run_summary.json{', analysis/' if analysis else ''})")
+    typer.echo(f"outputs in {out}/ (filtered/, unique/, rejected.jsonl, run_summary.json{', analysis/' if values['analysis'] else ''})")
 
 
-@app.command("re-evaluate")
-def re_evaluate(
-    source: str = _option(ReevaluateParams, "source"),
-    split: SplitName = _option(ReevaluateParams, "split"),
-    judge: Judge = _option(ReevaluateParams, "judge"),
-    out: Path = _option(ReevaluateParams, "out"),
-    publish: bool = _option(ReevaluateParams, "publish", "--publish"),
-    private: bool = _option(ReevaluateParams, "private", "--private/--public"),
-    threshold: float = _option(ReevaluateParams, "threshold"),
-    limit: Optional[int] = _option(ReevaluateParams, "limit"),
-    seed: int = _option(ReevaluateParams, "seed"),
-    val_fraction: float = _option(ReevaluateParams, "val_fraction"),
-    group_by: GroupBy = _option(ReevaluateParams, "group_by"),
-    max_judge_failure_rate: Optional[float] = _option(ReevaluateParams, "max_judge_failure_rate"),
-    near_dup: bool = _option(ReevaluateParams, "near_dup", "--near-dup/--no-near-dup"),
-    near_dup_threshold: float = _option(ReevaluateParams, "near_dup_threshold"),
-    decontaminate: Optional[list[str]] = _option(ReevaluateParams, "decontaminate", "--decontaminate", metavar="SRC"),
-    screen: ScreenMode = _option(ReevaluateParams, "screen"),
-    single_repo: Optional[str] = _option(ReevaluateParams, "single_repo", "--single-repo", metavar="OWNER/NAME"),
-    task_runner: TaskRunner = _option(ReevaluateParams, "task_runner", "--task-runner"),
-    dask_address: Optional[str] = _option(ReevaluateParams, "dask_address", "--dask-address"),
-) -> None:
-    """The scheduled refresh, run once: re-curate (re-judging only what changed), refresh the analysis, and publish with --publish."""
-    out = Path(out)
-    values = dict(
-        source=source, split=split, judge=judge, out=str(out), publish=publish, private=private,
-        threshold=threshold, limit=limit, seed=seed, val_fraction=val_fraction, group_by=group_by,
-        max_judge_failure_rate=max_judge_failure_rate, near_dup=near_dup, near_dup_threshold=near_dup_threshold,
-        decontaminate=list(decontaminate or []), screen=screen, single_repo=single_repo,
-        task_runner=task_runner, dask_address=dask_address,
-    )
-    with _checked_and_locked("re-evaluate", values, task_runner, dask_address):
+@model_command(
+    "re-evaluate",
+    "The scheduled refresh, run once: re-curate (re-judging only what changed), refresh the analysis, and publish with --publish.",
+    ReevaluateParams,
+)
+def re_evaluate(values: dict[str, Any]) -> None:
+    values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+    out = Path(values["out"])
+    with _checked_and_locked("re-evaluate", values, values["task_runner"], values["dask_address"]):
         from flows.reevaluate import reevaluate as reevaluate_flow
         from kernelbook_lib.export import SUMMARY_FILE
 
+        params = _params("re-evaluate", values)
         # The flow opens the task runner for its curate subflow itself (as in a deployment).
         with _summary_of_a_failed_run(out / SUMMARY_FILE, _show_curate_summary):
-            result = run_flow(reevaluate_flow, prefetch=PLOTTING, **values)
+            result = run_flow(reevaluate_flow, prefetch=PLOTTING, params=params)
     typer.echo("")
     _show_curate_summary(result["summary"])
     typer.echo(f"outputs in {out}/ (filtered/, unique/, rejected.jsonl, run_summary.json, analysis/; report: {result['analysis_report']})")
@@ -303,79 +308,45 @@ def re_evaluate(
             typer.echo(f"{commit['kind']}: {commit['repo_id']} commit {commit['commit_url']} tag {commit['tag']}")
 
 
-@app.command()
-def analyze(
-    input: Annotated[Path, typer.Option("--input", help="A curate output folder.")] = Path("outputs"),
-    out: Annotated[Optional[Path], typer.Option(help="Where to write the analysis (default: INPUT/analysis).")] = None,
-) -> None:
-    """Correlations of difficulty, style and reward: analysis.json, plots and report.md."""
+@model_command("analyze", "Correlations of difficulty, style and reward: analysis.json, plots and report.md.", AnalyzeParams)
+def analyze(values: dict[str, Any]) -> None:
     from kernelbook_lib.analysis import judged_files
 
+    params = _params("analyze", values)
     try:
-        judged_files(input)  # a wrong folder is one clear line, before any flow run starts
+        judged_files(params.input)  # a wrong folder is one clear line, before any flow run starts
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
     from flows.analyze import analyze as analyze_flow
 
-    result = run_flow(analyze_flow, prefetch=PLOTTING, input=str(input), out=str(out) if out else None)
+    result = run_flow(analyze_flow, prefetch=PLOTTING, params=params)
     typer.echo(f"analysis written to {result['out']} (report: {result['report']})")
 
 
-@app.command()
-def publish(
-    ctx: typer.Context,
-    input: Annotated[Path, typer.Option("--input", help="A curate output folder.")] = Path("outputs"),
-    push: Annotated[bool, typer.Option("--push", help="Upload for real (needs HF_TOKEN or `hf auth login`) and tag the commit; the default is a dry run.")] = False,
-    private: Annotated[bool, typer.Option("--private/--public", help="Visibility of repos the push creates.")] = True,
-    filtered_repo: Annotated[Optional[str], typer.Option(envvar="HF_FILTERED_REPO", help="owner/name of the filtered dataset repo (or HF_FILTERED_REPO in .env).")] = None,
-    unique_repo: Annotated[Optional[str], typer.Option(envvar="HF_UNIQUE_REPO", help="owner/name of the unique dataset repo (or HF_UNIQUE_REPO in .env).")] = None,
-    synthetic_repo: Annotated[Optional[str], typer.Option(envvar="HF_SYNTHETIC_REPO", help="owner/name of the synthetic prompts repo (or HF_SYNTHETIC_REPO in .env).")] = None,
-    single_repo: Annotated[Optional[str], typer.Option(help="owner/name of ONE dataset repo holding filtered, unique and synthetic as configs (instead of a repo each).")] = None,
-) -> None:
-    """Validate the datasets and publish them to the Hugging Face Hub (a dry run unless --push)."""
+@model_command("publish", "Validate the datasets and publish them to the Hugging Face Hub (a dry run unless --push).", PublishParams)
+def publish(values: dict[str, Any]) -> None:
+    params = _params("publish", values)
     from flows.publish import publish as publish_flow
 
-    if single_repo:  # HF_*_REPO do not apply to a single repo (only a --*-repo given with it is refused)
-        from_env = {name for name in ("filtered_repo", "unique_repo", "synthetic_repo") if getattr(ctx.get_parameter_source(name), "name", None) == "ENVIRONMENT"}
-        filtered_repo, unique_repo, synthetic_repo = (
-            None if name in from_env else value
-            for name, value in (("filtered_repo", filtered_repo), ("unique_repo", unique_repo), ("synthetic_repo", synthetic_repo))
-        )
-
-    result = run_flow(
-        publish_flow, input=str(input), push=push, private=private,
-        filtered_repo=filtered_repo, unique_repo=unique_repo, synthetic_repo=synthetic_repo, single_repo=single_repo,
-    )
+    result = run_flow(publish_flow, params=params)
     if not result["pushed"]:
         typer.echo("dry run: nothing was uploaded (the plan is above); add --push to upload")
     for commit in result["commits"]:
         typer.echo(f"{commit['kind']}: {commit['repo_id']} commit {commit['commit_url']} tag {commit['tag']}")
 
 
-@app.command("generate-prompts")
-def generate_prompts(
-    source: str = _option(GenerateParams, "source"),
-    split: SplitName = _option(GenerateParams, "split"),
-    backend: Backend = _option(GenerateParams, "backend"),
-    limit: Optional[int] = _option(GenerateParams, "limit"),
-    out: Path = _option(GenerateParams, "out"),
-    refresh: bool = _option(GenerateParams, "refresh", "--refresh"),
-    near_dup: bool = _option(GenerateParams, "near_dup", "--near-dup/--no-near-dup"),
-    near_dup_threshold: float = _option(GenerateParams, "near_dup_threshold"),
-    decontaminate: Optional[list[str]] = _option(GenerateParams, "decontaminate", "--decontaminate", metavar="SRC"),
-    task_runner: TaskRunner = _task_runner_option(),
-    dask_address: Optional[str] = _dask_address_option(),
-) -> None:
-    """Write a task specification for every near-duplicate family (or distinct problem) of PyTorch modules (the synthetic prompts dataset)."""
-    out = Path(out)
-    values = dict(
-        source=source, split=split, backend=backend, limit=limit, out=str(out), refresh=refresh,
-        near_dup=near_dup, near_dup_threshold=near_dup_threshold, decontaminate=list(decontaminate or []),
-    )
+@model_command(
+    "generate-prompts",
+    "Write a task specification for every near-duplicate family (or distinct problem) of PyTorch modules (the synthetic prompts dataset).",
+    GenerateParams, RunnerParams,
+)
+def generate_prompts(values: dict[str, Any]) -> None:
+    values, task_runner, dask_address = _split_runner(values)
+    out = Path(values["out"])
     with _checked_and_locked("generate-prompts", values, task_runner, dask_address):
         from flows.generate_prompts import generate_prompts as generate_flow
-        from kernelbook_lib.prompt_gen import SUMMARY_FILE, SyntheticSummary, format_summary
+        from kernelbook_lib.synthetic import SUMMARY_FILE, SyntheticSummary, format_summary
 
         def show(summary: SyntheticSummary | dict) -> None:
             summary = SyntheticSummary.model_validate(summary)
@@ -383,12 +354,12 @@ def generate_prompts(
             for warning in summary.warnings:
                 typer.echo(f"warning: {warning}")
 
+        params = _params("generate-prompts", values)
         with _summary_of_a_failed_run(out / SUMMARY_FILE, show):
-            result = run_with_runner(generate_flow, task_runner, dask_address, **values)
+            result = run_with_runner(generate_flow, task_runner, dask_address, params=params)
     typer.echo("")
     show(result)
     typer.echo(f"outputs in {out}/ (synthetic_prompts.jsonl, synthetic/, synthetic_rejected.jsonl, synthetic_summary.json)")
-
 
 server_app = typer.Typer(
     help="A local Prefect server that outlives runs, with the UI. While it runs, kernelbook commands use it "

@@ -40,15 +40,17 @@ def empty_rejections() -> pl.DataFrame:
 def rejections(
     frame: pl.DataFrame, stage: str, reason: pl.Expr | str, detail: pl.Expr | str | None = None
 ) -> pl.DataFrame:
-    """Ledger lines for every row of ``frame`` (which holds the internal ``_row`` column)."""
+    """Ledger lines for every row of ``frame`` (which holds the internal ``_row`` column; a frame
+    without ``example_id`` or ``problem_id``, e.g. KernelBook rows, gets nulls for them)."""
     reason_expr = pl.lit(reason) if isinstance(reason, str) else reason
     detail_expr = pl.lit(detail, dtype=pl.String) if detail is None or isinstance(detail, str) else detail
+    example = pl.col("example_id") if "example_id" in frame.columns else pl.lit(None, dtype=pl.Int64)
     problem = pl.col("problem_id") if "problem_id" in frame.columns else pl.lit(None, dtype=pl.String)
     return frame.select(
         pl.lit(stage).alias("stage"),
         reason_expr.cast(pl.String).alias("reason"),
         pl.col(schema.ROW).cast(pl.Int64).alias("source_index"),
-        pl.col("example_id").cast(pl.Int64, strict=False).alias("example_id"),
+        example.cast(pl.Int64, strict=False).alias("example_id"),
         problem.cast(pl.String).alias("problem_id"),
         detail_expr.cast(pl.String).alias("detail"),
     )

@@ -1,15 +1,17 @@
 """The parameters of each flow, declared once as a pydantic model, and the run's preflight.
 
-Every option and setting is checked here before a run reads its source or makes an LLM call
-(:func:`preflight`): the CLI calls it before it starts Prefect (a mistake costs no server
-start), and each flow calls it again at its start (deployments, ``python -m flows.x``). A
-mistake is a :class:`UserError` (one line, exit code 2) naming the option as the CLI spells it.
+One model per flow (:data:`MODELS`) is the single declaration of its parameters: each flow takes
+its model as its one parameter (``params``; Prefect validates it, and a deployment's parameters
+and the UI's run form are the model's fields), and the CLI's options are generated from the
+model's fields (name, default, choices from ``Literal`` types, help from the description; a
+field's ``json_schema_extra`` may name its ``flag`` spelling or ``metavar``). Every deployment's
+parameters in ``prefect.yaml`` are tested valid against them. This module imports nothing heavy
+(``kernelbook_lib.defaults``), so the CLI's ``--help`` stays fast.
 
-One model per flow (:data:`MODELS`) is the single declaration of its parameters: the fields'
-defaults, bounds, choices (``Literal`` types) and descriptions are the CLI's options and help
-(``kernelbook_cli._option``), the flows' signatures are tested equal to them, and every
-deployment's parameters in ``prefect.yaml`` are tested valid against them. This module imports
-nothing heavy (``kernelbook_lib.defaults``), so the CLI's ``--help`` stays fast.
+Every option and setting is checked before a run reads its source or makes an LLM call
+(:func:`preflight`): the CLI checks before it starts Prefect (a mistake costs no server start),
+and the pipeline adapter (``tasks/pipeline.py``) again at the flow's start (deployments). A
+mistake is a :class:`UserError` (one line, exit code 2) naming the option as the CLI spells it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from kernelbook_lib.defaults import (
 )
 from kernelbook_lib.errors import UserError
 
-#: The default source of ``generate-prompts`` (``kernelbook_lib.prompt_gen.DEFAULT_SOURCE``;
+#: The default source of ``generate-prompts`` (``kernelbook_lib.synthetic.DEFAULT_SOURCE``;
 #: repeated so this module stays light to import, and checked equal by the tests).
 KERNELBOOK_SOURCE = "GPUMODE/KernelBook"
 
@@ -70,7 +72,9 @@ class _Params(BaseModel):
 
     @field_validator("out", check_fields=False)
     @classmethod
-    def _out_is_a_folder(cls, value: str) -> str:
+    def _out_is_a_folder(cls, value: str | None) -> str | None:
+        if value is None:  # analyze: INPUT/analysis
+            return value
         if not value.strip():
             raise ValueError("is empty")
         path = Path(value).expanduser()
@@ -98,7 +102,7 @@ class _CurateOptions(_Params):
     out: str = Field("outputs", description="Output folder.")
     near_dup: bool = Field(True, description="Group near-duplicate modules into families (MinHash over a normalised form of the code); off (--no-near-dup) makes every problem its own family.")
     near_dup_threshold: float = Field(DEFAULT_NEAR_DUP_THRESHOLD, gt=0.0, le=1.0, description="Similarity (Jaccard of the normalised modules' shingles, above 0 and at most 1) at which two modules are one family, or a row copies a benchmark item.")
-    decontaminate: list[str] | None = Field(None, description=_DECONTAMINATE)
+    decontaminate: list[str] | None = Field(None, json_schema_extra={"metavar": "SRC"}, description=_DECONTAMINATE)
     screen: ScreenMode = Field(DEFAULT_SCREEN, description="The kernel screen, before the judge: standard rejects solutions that are not Triton kernels (no kernel, none launched, PyTorch computes, reference bypass, cached or constant output) and flags partial conversions in kernel_flags; strict also rejects rows flagged partial, fallback or library; off runs no screen.")
 
 
@@ -135,10 +139,10 @@ class RunnerParams(_Params):
 class ReevaluateParams(_CurateOptions, RunnerParams):
     """The scheduled ``re-evaluate`` flow."""
 
-    publish: bool = Field(False, description="Upload to the Hub at the end (needs HF_TOKEN or `hf auth login`; repos from HF_FILTERED_REPO / HF_UNIQUE_REPO / HF_SYNTHETIC_REPO, or --single-repo).")
-    private: bool = Field(True, description="Visibility of repos the publish creates: private (default) or public (--public).")
+    publish: bool = Field(False, json_schema_extra={"flag": "--publish"}, description="Upload to the Hub at the end (needs HF_TOKEN or `hf auth login`; repos from HF_FILTERED_REPO / HF_UNIQUE_REPO / HF_SYNTHETIC_REPO, or --single-repo).")
+    private: bool = Field(True, json_schema_extra={"flag": "--private/--public"}, description="Visibility of repos the publish creates: private (default) or public (--public).")
     max_judge_failure_rate: float | None = Field(None, ge=0.0, le=1.0, description="Stop non-zero, before the analysis and the publish, when more than this share of rows could not be judged (unset: curate's default, 0.01).")
-    single_repo: str | None = Field(None, description="Publish filtered, unique and synthetic as configs of this one Hub dataset repo (OWNER/NAME).")
+    single_repo: str | None = Field(None, json_schema_extra={"metavar": "OWNER/NAME"}, description="Publish filtered, unique and synthetic as configs of this one Hub dataset repo (OWNER/NAME).")
 
 
 class GenerateParams(_Params):
@@ -152,13 +156,37 @@ class GenerateParams(_Params):
     refresh: bool = Field(False, description="Ignore cached LLM replies and call again (the new replies replace the cached ones).")
     near_dup: bool = Field(True, description="One specification per near-duplicate family (default), or with --no-near-dup one per distinct problem.")
     near_dup_threshold: float = Field(DEFAULT_NEAR_DUP_THRESHOLD, gt=0.0, le=1.0, description="Similarity (Jaccard of the normalised modules' shingles, above 0 and at most 1) at which two modules are one family, or a module copies a benchmark item.")
-    decontaminate: list[str] | None = Field(None, description=_DECONTAMINATE)
+    decontaminate: list[str] | None = Field(None, json_schema_extra={"metavar": "SRC"}, description=_DECONTAMINATE)
+
+
+_REPO = "owner/name of the {kind} dataset repo (default: HF_{upper}_REPO from the environment or .env; a dataset without a repo is skipped)."
+
+
+class AnalyzeParams(_Params):
+    """``kernelbook analyze`` / the ``analyze`` flow."""
+
+    input: str = Field("outputs", description="A curate output folder.")
+    out: str | None = Field(None, description="Where to write the analysis (default: INPUT/analysis).")
+
+
+class PublishParams(_Params):
+    """``kernelbook publish`` / the ``publish`` flow (a dry run unless ``push``)."""
+
+    input: str = Field("outputs", description="A curate output folder.")
+    push: bool = Field(False, json_schema_extra={"flag": "--push"}, description="Upload for real (needs HF_TOKEN or `hf auth login`) and tag the commit; the default is a dry run.")
+    private: bool = Field(True, json_schema_extra={"flag": "--private/--public"}, description="Visibility of repos the push creates.")
+    filtered_repo: str | None = Field(None, json_schema_extra={"metavar": "OWNER/NAME"}, description=_REPO.format(kind="filtered", upper="FILTERED"))
+    unique_repo: str | None = Field(None, json_schema_extra={"metavar": "OWNER/NAME"}, description=_REPO.format(kind="unique", upper="UNIQUE"))
+    synthetic_repo: str | None = Field(None, json_schema_extra={"metavar": "OWNER/NAME"}, description=_REPO.format(kind="synthetic prompts", upper="SYNTHETIC"))
+    single_repo: str | None = Field(None, json_schema_extra={"metavar": "OWNER/NAME"}, description="owner/name of ONE dataset repo holding filtered, unique and synthetic as configs (instead of a repo each; HF_*_REPO are then not used).")
 
 
 MODELS: dict[str, type[_Params]] = {
     "curate": CurateParams,
     "re-evaluate": ReevaluateParams,
     "generate-prompts": GenerateParams,
+    "analyze": AnalyzeParams,
+    "publish": PublishParams,
     "task-runner": RunnerParams,
 }
 
@@ -188,6 +216,22 @@ def validate_params(pipeline: str, values: dict[str, Any]) -> _Params:
         return model.model_validate(values)
     except ValidationError as exc:
         raise UserError("; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def as_params(pipeline: str, value: Any) -> _Params:
+    """A flow's ``params`` as its model: the model itself (the CLI, a parent flow), or the plain
+    mapping a deployment run passes, validated here so that a mistake is the same one line the
+    CLI prints (the flows tell Prefect not to validate it first: ``validate_parameters=False``)."""
+    model = MODELS[pipeline]
+    if isinstance(value, model):
+        return value
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise UserError(f"{pipeline}: params must be a mapping of its parameters, not {type(value).__name__}")
+    return validate_params(pipeline, value)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from datetime import UTC, datetime
 from typing import Any
 
@@ -125,12 +124,13 @@ def configure_prefect_env() -> None:
     """Set the PREFECT_* defaults above (a value already in the environment wins) and register
     the orderly shutdown of Prefect's temporary server at interpreter exit. Idempotent.
 
-    Call it before anything imports prefect: Prefect reads its settings at import. If prefect
-    was already imported, a RuntimeWarning names the defaults Prefect did not see.
+    The ``kernelbook`` CLI calls it (through ``import tasks``) before it imports prefect, which
+    reads its settings at import. Elsewhere (deployments, workers, the tests) Prefect reads the
+    same defaults from ``prefect.toml`` in the repository root, so no module depends on being
+    imported before prefect.
     """
     global _configured, _process_started_at
     with _lock:
-        newly_set = [key for key in PREFECT_ENV_DEFAULTS if key not in os.environ]
         for key, value in PREFECT_ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
         if not _configured:
@@ -142,18 +142,6 @@ def configure_prefect_env() -> None:
             # A logger filter survives Prefect's dictConfig (which only adds filters), so it
             # can be attached before prefect is imported.
             logging.getLogger(TASK_RUN_LOGGER).addFilter(TaskRunCompletedFilter())
-
-    prefect_missed = [key for key in newly_set if key.startswith("PREFECT_")]
-    # With a real server (a deployment run, `prefect deploy`), the defaults are about the
-    # temporary server and do not matter; the worker's engine imports prefect first anyway.
-    if prefect_missed and "prefect" in sys.modules and not os.environ.get("PREFECT_API_URL"):
-        warnings.warn(
-            "prefect was imported before `tasks`, so Prefect did not see these defaults: "
-            + ", ".join(prefect_missed)
-            + ". Import `tasks` (or call tasks.runtime.configure_prefect_env()) first.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
 
 
 def on_temporary_server() -> bool:

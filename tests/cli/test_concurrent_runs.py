@@ -92,7 +92,7 @@ def test_the_scheduled_reevaluate_stops_when_someone_is_writing_the_folder(tmp_p
     out = tmp_path / "out"
     with Holder(out, "curate") as holder:
         with pytest.raises(outlock.OutputLockedError, match=f"in use by process {holder.pid}"):
-            reevaluate(source="sample", judge="static", out=str(out))
+            reevaluate({"source": "sample", "judge": "static", "out": str(out)})
         result = CliRunner().invoke(app, ["re-evaluate", "--source", "sample", "--judge", "static", "--out", str(out)])
         assert result.exit_code == 2, result.output
         assert f"is in use by process {holder.pid}" in result.output

@@ -76,11 +76,11 @@ def test_the_flow_itself_validates_at_its_start_before_the_source_is_read(server
     monkeypatch.setattr(loading, "read_source", lambda *a, **k: pytest.fail("the source must not be read"))
     out = tmp_path / "out"
     with pytest.raises(UserError, match=r"--val-fraction 1.5: input should be less than 1"):
-        curate(source="sample", judge="llm", val_fraction=1.5, out=str(out))
+        curate({"source": "sample", "judge": "llm", "val_fraction": 1.5, "out": str(out)})  # as a deployment passes it
     with pytest.raises(UserError, match=r"--threshold 2.0"):
-        curate(source="sample", judge="llm", threshold=2.0, out=str(out))
+        curate({"source": "sample", "judge": "llm", "threshold": 2.0, "out": str(out)})
     with pytest.raises(SourceUnavailableError, match="no such file or folder"):
-        curate(source="mydata/evals.parquet", judge="static", out=str(out))
+        curate({"source": "mydata/evals.parquet", "judge": "static", "out": str(out)})
     assert server.stats()["calls_total"] == 0 and not out.exists()
 
 

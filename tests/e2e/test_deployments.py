@@ -32,6 +32,7 @@ import yaml
 
 from kernelbook_lib import export
 from tests.fixtures import fake_data
+from kernelbook_lib.params import ReevaluateParams
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = Path(sys.executable).parent / "prefect"
@@ -179,7 +180,7 @@ def test_deploy_registers_every_deployment_with_a_pull_step_into_the_clone(ops: 
     [schedule] = weekly.schedules
     assert schedule.active
     assert schedule.schedule.cron == "0 6 * * 1" and schedule.schedule.timezone == "UTC"
-    assert weekly.parameters["publish"] is False
+    assert weekly.parameters["params"]["publish"] is False
     assert weekly.global_concurrency_limit is not None and weekly.global_concurrency_limit.limit == 1
 
 
@@ -187,15 +188,17 @@ def test_deployment_parameters_are_typed(ops: Ops):
     """A value the flow does not accept is refused when the run is created, not mid-run."""
     with ops.client() as client:
         deployment = client.read_deployment_by_name(CURATE)
-        assert deployment.parameter_openapi_schema["properties"]["judge"]["enum"][:2] == ["auto", "static"]
+        schema = deployment.parameter_openapi_schema
+        assert set(schema["properties"]) == {"params"}  # the model is the one parameter (the UI's form)
+        assert schema["definitions"]["CurateParams"]["properties"]["judge"]["enum"][:2] == ["auto", "static"]
         with pytest.raises(Exception, match="judge"):
-            client.create_flow_run_from_deployment(deployment.id, parameters={"judge": "gpt-please"})
+            client.create_flow_run_from_deployment(deployment.id, parameters={"params": {"judge": "gpt-please"}})
 
 
 def test_curate_deployment_runs_on_a_process_worker(ops: Ops):
     # Exactly the operator's command; `out` is relative, so it must land in the clone.
     triggered = ops.prefect(
-        "deployment", "run", CURATE, "--param", "source=sample", "--param", "judge=static", "--param", "out=outputs-deployed"
+        "deployment", "run", CURATE, "--param", 'params={"source": "sample", "judge": "static", "out": "outputs-deployed"}'
     )
     match = re.search(r"UUID: ([0-9a-f-]{36})", triggered.stdout)
     assert match, triggered.stdout
@@ -220,7 +223,7 @@ def test_curate_deployment_runs_on_a_process_worker(ops: Ops):
         while not (run := client.read_flow_run(flow_run_id)).state.is_final() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert run.state.type.value == "COMPLETED", f"{run.state}\n{tail(worker_log)}"
-        assert run.parameters == {"source": "sample", "judge": "static", "out": "outputs-deployed"}
+        assert run.parameters == {"params": {"source": "sample", "judge": "static", "out": "outputs-deployed"}}
         # The analysis subflow published its report as an artifact, where the UI shows it.
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -253,7 +256,7 @@ def test_a_kernelbook_run_uses_the_running_local_server(ops: Ops, tmp_path: Path
 
     with ops.client() as client:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[_flow_run_name(output)])))
-    assert [run.parameters["out"] for run in runs] == [str(out)]
+    assert [run.parameters["params"]["out"] for run in runs] == [str(out)]
     assert runs[0].state.type.value == "COMPLETED"
 
 
@@ -301,7 +304,7 @@ def test_reevaluate_curates_refreshes_the_analysis_and_publishes_when_asked(sour
     (out / "analysis" / "report.md").write_text("a stale report from an older run\n")
     with HubStandIn(token) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
-        result = reevaluate(source=str(source), judge="static", out=str(out), publish=True)
+        result = reevaluate(ReevaluateParams(source=str(source), judge="static", out=str(out), publish=True))
         assert result["published"]["pushed"] is True
         assert [c["repo_id"] for c in result["published"]["commits"]] == ["me/kb-filtered", "me/kb-unique"]
         pushed = hub.repo("me/kb-unique").commits[-1].added
@@ -326,5 +329,5 @@ def test_reevaluate_refuses_a_bad_dask_address_before_curating(source: Path, tmp
 
     out = tmp_path / "out"
     with pytest.raises(UserError, match="not a Dask scheduler address"):
-        reevaluate(source=str(source), judge="static", out=str(out), task_runner="dask", dask_address="http://x y")
+        reevaluate({"source": str(source), "judge": "static", "out": str(out), "task_runner": "dask", "dask_address": "http://x y"})
     assert not out.exists()

@@ -21,6 +21,7 @@ from kernelbook_lib import plots
 from kernelbook_lib.errors import UserError
 from tasks import analysis as analysis_tasks
 from tests.lib.test_analysis import correlated, judged, write_out
+from kernelbook_lib.params import AnalyzeParams
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_tasks_carry_no_cache_policy_but_the_drawing():
 
 
 def test_analyze_flow_writes_every_output_and_the_artifact(prefect_harness, out_folder):
-    result = analyze(input=str(out_folder))
+    result = analyze(AnalyzeParams(input=str(out_folder)))
     out = out_folder / "analysis"
     assert result["out"] == str(out)
     names = sorted(p.name for p in out.iterdir())
@@ -101,26 +102,26 @@ def test_the_same_data_reuses_its_drawing_and_changed_data_draws_again(prefect_h
     draws again."""
     df = correlated(90, seed=int.from_bytes(os.urandom(4), "little"))  # data no other test drew
     folder = write_out(tmp_path / "run", df.head(80), df.tail(10))
-    first = analyze(input=str(folder), out=str(tmp_path / "first"))
+    first = analyze(AnalyzeParams(input=str(folder), out=str(tmp_path / "first")))
 
     def no_drawing(*args, **kwargs):
         raise AssertionError("drew again")
 
     monkeypatch.setattr(plots, "render_plot_images", no_drawing)
-    second = analyze(input=str(folder), out=str(tmp_path / "second"))
+    second = analyze(AnalyzeParams(input=str(folder), out=str(tmp_path / "second")))
     assert [Path(p).read_bytes() for p in second["plots"]] == [Path(p).read_bytes() for p in first["plots"]]
     assert second["analysis"]["plots"] == first["analysis"]["plots"]  # what analysis.json vouches for
 
     changed = df.with_columns(reward=pl.when(pl.int_range(pl.len()) == 0).then(pl.col("reward") + 0.001).otherwise(pl.col("reward")))
     other = write_out(tmp_path / "changed", changed.head(80), changed.tail(10))
     with pytest.raises(AssertionError, match="drew again"):
-        analyze(input=str(other), out=str(tmp_path / "third"))
+        analyze(AnalyzeParams(input=str(other), out=str(tmp_path / "third")))
 
 
 def test_analyze_flow_fails_clearly_on_a_bad_input(prefect_harness, tmp_path):
     bad = write_out(tmp_path / "run", judged([1, 2, 3], [1, 2, 3], [0.9, None, 1.0]), judged([], [], []))
     with pytest.raises(UserError, match="1 null value\\(s\\) in 'reward'"):
-        analyze(input=str(bad), out=str(tmp_path / "out"))
+        analyze(AnalyzeParams(input=str(bad), out=str(tmp_path / "out")))
     assert not (tmp_path / "out" / "analysis.json").exists()
 
 

@@ -41,7 +41,7 @@ def one(key: str, flow_run_id: UUID):
 
 
 def run(flow, **parameters) -> tuple[dict, UUID]:
-    state = flow(**parameters, return_state=True)
+    state = flow(parameters, return_state=True)  # the mapping a deployment run passes
     assert state.is_completed(), state
     return state.result(), state.state_details.flow_run_id
 

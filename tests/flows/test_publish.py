@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from kernelbook_lib import export, hub, hub_plots
 from kernelbook_lib.errors import UserError
+from kernelbook_lib.params import PublishParams
 from tests.fixtures.hub_server import GITATTRIBUTES, HubStandIn, SilentHub
 from tests.lib.test_cards import ANALYSIS, judged_frame, replace_shard, shard, write_out, write_synthetic
 
@@ -219,7 +220,7 @@ def test_flow_dry_run_uploads_nothing_and_takes_repos_from_settings(out: Path, m
     monkeypatch.setenv("HF_UNIQUE_REPO", "team/kb-unique")
     with HubStandIn(TOKEN) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        result = publish(input=str(out), filtered_repo="me/kb-filtered")
+        result = publish(PublishParams(input=str(out), filtered_repo="me/kb-filtered"))
     assert server.requests == []
     assert result["pushed"] is False and result["commits"] == []
     by_kind = {d["kind"]: d for d in result["datasets"]}
@@ -399,7 +400,7 @@ def test_flow_push_reads_the_token_inside_the_task(out: Path, stand_in: HubStand
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("HF_ENDPOINT", stand_in.endpoint)
-    result = publish(input=str(out), push=True, filtered_repo="me/kb-filtered", unique_repo="me/kb-unique")
+    result = publish(PublishParams(input=str(out), push=True, filtered_repo="me/kb-filtered", unique_repo="me/kb-unique"))
     assert result["pushed"] is True
     assert [c["repo_id"] for c in result["commits"]] == ["me/kb-filtered", "me/kb-unique"]
     assert stand_in.repo("me/kb-unique").private is True

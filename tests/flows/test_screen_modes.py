@@ -12,10 +12,11 @@ import polars as pl
 import pytest
 
 from flows.curate import curate
+from kernelbook_lib.params import CurateParams
 
 
 def run(out: Path, screen: str) -> dict:
-    curate(source="sample", judge="static", out=str(out), analysis=False, screen=screen)
+    curate(CurateParams(source="sample", judge="static", out=str(out), analysis=False, screen=screen))
     return json.loads((out / "run_summary.json").read_text())
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from kernelbook_lib import loading, neardup, schema, stages
+from kernelbook_lib import loading, neardup, schema, stages, synthetic
 from kernelbook_lib.errors import UserError
 from tests.fixtures import fake_data
 from tests.fixtures.neardup_calibration import OPERATIONS, VARIANTS_PER_OPERATION, calibration_set, pair_scores, render
@@ -319,27 +319,26 @@ def test_dedupe_by_family_keeps_one_row_per_family(tmp_path):
 
 
 def test_prompt_generation_keeps_the_first_module_of_each_family_and_records_the_others():
-    from kernelbook_lib import prompt_gen
 
     frame = pl.DataFrame({
         "module_name": ["Swish", "SwishModule", "Swish", "Scale"],
         "python_code": [SWISH, SWISH_DISGUISED, SWISH, fake_data.MODULE.format(name="Scale", k=2)],
         "uuid": [10, 11, 12, 13],
     })  # fmt: skip
-    prepared = prompt_gen.prepare(loading.LoadedSource(frame=frame, description="test")).result.frame
+    prepared = synthetic.prepare(loading.LoadedSource(frame=frame, description="test")).result.frame
     families = stages.assign_families(prepared).result.frame
-    dedupe = prompt_gen.dedupe_problems(families, key="family_id")
+    dedupe = synthetic.dedupe_problems(families, key="family_id")
     assert dedupe.frame.get_column("uuid").to_list() == [10, 13]
     ledger = {r["source_index"]: r for r in dedupe.rejected.to_dicts()}
     assert ledger[1]["reason"] == "near_duplicate" and "source row 0" in ledger[1]["detail"]
     assert ledger[2]["reason"] == "duplicate_problem" and ledger[2]["detail"] == "same problem as source row 0"
-    assert prompt_gen.dedupe_summary(dedupe, "llm") == {
+    assert synthetic.dedupe_summary(dedupe, "llm") == {
         "distinct_problems": 3, "duplicates_collapsed": 1, "near_duplicates_collapsed": 1, "calls_saved_by_dedupe": 2,
     }
-    limited = prompt_gen.dedupe_problems(families, limit=1, key="family_id")
+    limited = synthetic.dedupe_problems(families, limit=1, key="family_id")
     assert limited.report.dropped == {"beyond_limit": 1, "duplicate_problem": 1, "near_duplicate": 1}
-    assert prompt_gen.calls_saved(limited) == 2
-    by_problem = prompt_gen.dedupe_problems(families)
+    assert synthetic.calls_saved(limited) == 2
+    by_problem = synthetic.dedupe_problems(families)
     assert by_problem.frame.get_column("uuid").to_list() == [10, 11, 13]
 
 

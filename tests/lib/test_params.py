@@ -7,7 +7,7 @@ import typing
 
 import pytest
 
-from kernelbook_lib import params, prompt_gen
+from kernelbook_lib import params, synthetic
 from kernelbook_lib.errors import SourceUnavailableError, UserError
 
 
@@ -58,25 +58,27 @@ def test_dask_options():
 @pytest.mark.parametrize(
     ("pipeline", "flow_module", "flow_name"),
     [("curate", "flows.curate", "curate"), ("re-evaluate", "flows.reevaluate", "reevaluate"),
-     ("generate-prompts", "flows.generate_prompts", "generate_prompts")],
+     ("generate-prompts", "flows.generate_prompts", "generate_prompts"), ("analyze", "flows.analyze", "analyze"),
+     ("publish", "flows.publish", "publish")],
 )
-def test_each_model_matches_its_flow(pipeline, flow_module, flow_name):
-    """Until the model is the one declaration, the flow's signature and the model agree on the
-    names and the defaults (so a deployment and the CLI are checked the same way)."""
+def test_each_flow_takes_its_model_as_its_one_parameter(pipeline, flow_module, flow_name):
+    """The model is the one declaration: the flow's only parameter is ``params`` of that model
+    (so a deployment's parameters, the UI's form and the CLI are checked the same way), and its
+    default is the model's defaults."""
     import importlib
 
     flow = getattr(importlib.import_module(flow_module), flow_name)
     signature = inspect.signature(flow.fn)
     model = params.MODELS[pipeline]
-    assert set(signature.parameters) == set(model.model_fields)
-    for name, parameter in signature.parameters.items():
-        assert parameter.default == model.model_fields[name].default, name
-    hints = typing.get_type_hints(flow.fn)
-    assert typing.get_args(hints["split"]) == typing.get_args(model.model_fields["split"].annotation)
+    assert list(signature.parameters) == (["params", "run"] if pipeline == "analyze" else ["params"])  # run: curate's summary
+    assert typing.get_type_hints(flow.fn)["params"] is model
+    assert signature.parameters["params"].default == model()
+    schema = flow.parameters.model_dump()  # what Prefect sends a deployment (the run form)
+    assert schema["required"] == [] and set(schema["definitions"][model.__name__]["properties"]) == set(model.model_fields)
 
 
 def test_generate_default_source_is_prompt_gens():
-    assert params.KERNELBOOK_SOURCE == prompt_gen.DEFAULT_SOURCE
+    assert params.KERNELBOOK_SOURCE == synthetic.DEFAULT_SOURCE
 
 
 def test_preflight_checks_the_key_for_the_llm_choices(monkeypatch):
@@ -116,4 +118,6 @@ def test_every_deployment_in_prefect_yaml_passes_its_flows_model(tmp_path, monke
     for deployment in spec["deployments"]:
         pipeline = DEPLOYABLE.get(deployment["entrypoint"])
         assert pipeline, f"prefect.yaml deploys {deployment['entrypoint']}, which has no parameter model"
-        params.validate_params(pipeline, deployment.get("parameters") or {})
+        given = deployment.get("parameters") or {}
+        assert set(given) <= {"params"}, f"{deployment['name']}: a flow's one parameter is `params`, not {sorted(given)}"
+        params.validate_params(pipeline, given.get("params") or {})

@@ -37,9 +37,10 @@ TIMESTAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d")  # in th
 def run_curate(out: Path, task_runner=None):
     """One curate run on the bundled sample with the static judge; returns its final state."""
     from flows.curate import curate
+    from kernelbook_lib.params import CurateParams
 
     flow = curate.with_options(task_runner=task_runner) if task_runner is not None else curate
-    state = flow(source="sample", judge="static", out=str(out), analysis=False, return_state=True)
+    state = flow(CurateParams(source="sample", judge="static", out=str(out), analysis=False), return_state=True)
     assert state.is_completed(), state
     return state
 
@@ -83,10 +84,10 @@ def default_outputs(prefect_harness, tmp_path_factory) -> dict[str, bytes]:
 
 
 def test_dask_local_cluster_gives_exactly_the_default_outputs(default_outputs, tmp_path: Path, monkeypatch, caplog):
-    import tasks.curate
+    import kernelbook_lib.pipelines.curate as curate_pipeline
     from tasks.runners import task_runner_session
 
-    monkeypatch.setattr(tasks.curate, "STATIC_CHUNK_ROWS", SMALL_CHUNK_ROWS)
+    monkeypatch.setattr(curate_pipeline, "STATIC_CHUNK_ROWS", SMALL_CHUNK_ROWS)
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO, logger="prefect.task_runner"), task_runner_session("dask", None, n_workers=2) as runner:
         state = run_curate(out, runner)
@@ -102,10 +103,10 @@ def test_dask_address_runs_the_chunks_on_that_cluster(default_outputs, tmp_path:
     this process (cheap to start); the runner reaches its scheduler over TCP like any other."""
     import distributed
 
-    import tasks.curate
+    import kernelbook_lib.pipelines.curate as curate_pipeline
     from tasks.runners import task_runner_session
 
-    monkeypatch.setattr(tasks.curate, "STATIC_CHUNK_ROWS", SMALL_CHUNK_ROWS)
+    monkeypatch.setattr(curate_pipeline, "STATIC_CHUNK_ROWS", SMALL_CHUNK_ROWS)
     out = tmp_path / "out"
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://", dashboard_address=None

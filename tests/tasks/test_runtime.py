@@ -15,7 +15,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import pytest
@@ -171,21 +170,25 @@ def test_seeding_leaves_a_database_moved_elsewhere_to_prefect(tmp_path, monkeypa
 def test_a_users_own_settings_win_and_defaults_fill_the_rest(monkeypatch):
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     monkeypatch.delenv("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", raising=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # prefect may already be imported here
-        runtime.configure_prefect_env()
+    runtime.configure_prefect_env()
     assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "300"
     assert os.environ["PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED"] == "false"
 
 
-def test_configuring_after_prefect_was_imported_says_which_defaults_prefect_missed(monkeypatch):
-    import prefect  # noqa: F401
-
-    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # (the session's server sets it)
-    with pytest.warns(RuntimeWarning, match="PREFECT_SERVER_ANALYTICS_ENABLED"):
-        runtime.configure_prefect_env()
-    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+def test_prefect_reads_the_same_defaults_from_prefect_toml_in_the_root():
+    """Deployments, workers and the tests import prefect before anything of ours: Prefect reads
+    the project's defaults from prefect.toml there, so no module must be imported first."""
+    script = (
+        "from prefect.settings import get_current_settings as g; s = g().server; "
+        "print(s.analytics_enabled, s.ephemeral.startup_timeout_seconds, "
+        "s.services.event_persister.enabled, s.services.triggers.enabled)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in runtime.PREFECT_ENV_DEFAULTS}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    wanted = ["PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+              "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED", "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED"]
+    assert [v.lower() for v in done.stdout.split()] == [runtime.PREFECT_ENV_DEFAULTS[k] for k in wanted]
 
 
 @pytest.mark.slow

@@ -8,18 +8,17 @@ import logging
 
 import pytest
 
-import tasks  # noqa: F401  (Prefect environment defaults, before prefect)
-
-import tasks.curate as curate_tasks
+import kernelbook_lib.pipelines.curate as curate_pipeline
 from flows.curate import curate
+from kernelbook_lib.params import CurateParams
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_load_and_static_judge_report_progress(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(curate_tasks, "STATIC_CHUNK_ROWS", 20)  # several chunks on the sample
+    monkeypatch.setattr(curate_pipeline, "STATIC_CHUNK_ROWS", 20)  # several chunks on the sample
     caplog.set_level(logging.INFO)
-    summary = curate(source="sample", judge="static", out=str(tmp_path / "out"), analysis=False)
+    summary = curate(CurateParams(source="sample", judge="static", out=str(tmp_path / "out"), analysis=False))
     stages = {stage["name"]: stage for stage in summary["stages"]}
     load, judge = stages["load"], stages["judge"]
     finished = [r.getMessage() for r in caplog.records if r.getMessage().endswith("(finished)")]
