@@ -47,7 +47,7 @@ def main() -> None:
     os.environ["KERNELBOOK_ENV_FILE"] = os.path.join(home, "no.env")  # never a developer's real key
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-    import tasks  # noqa: F401  (Prefect environment defaults, before prefect)
+    import tasks
 
     from prefect import flow
 

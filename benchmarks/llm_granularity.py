@@ -271,7 +271,6 @@ class _Quiet:
 def worker(args: argparse.Namespace) -> None:
     import asyncio
 
-    import tasks  # noqa: F401
 
     from tests.fixtures.fake_data import judge_requests
 

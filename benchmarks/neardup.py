@@ -35,7 +35,9 @@ sys.path.insert(0, str(ROOT))
 def pair_counts(truth: list[int], predicted: list[str]) -> tuple[float, float]:
     """Pairwise precision and recall of ``predicted`` against ``truth`` (pairs of modules put
     in one family), from the contingency counts (no loop over pairs)."""
-    pairs = lambda n: n * (n - 1) // 2  # noqa: E731
+    def pairs(n: int) -> int:
+        return n * (n - 1) // 2
+
     both = sum(pairs(n) for n in Counter(zip(truth, predicted)).values())
     true_pairs = sum(pairs(n) for n in Counter(truth).values())
     predicted_pairs = sum(pairs(n) for n in Counter(predicted).values())

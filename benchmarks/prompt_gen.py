@@ -104,7 +104,6 @@ def worker_template_library(src: str) -> None:
 def worker_llm(mode: str, src: str, out: str, calls: int) -> None:
     from prefect import flow
 
-    import tasks  # noqa: F401
 
     @flow(name="warm-up")
     def warm_up() -> int:

@@ -37,12 +37,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import hf_xet  # noqa: E402
-import polars as pl  # noqa: E402
+import hf_xet
+import polars as pl
 
-from kernelbook_lib import export, schema  # noqa: E402
-from kernelbook_lib.text import problem_id  # noqa: E402
-from tests.fixtures import fake_data  # noqa: E402
+from kernelbook_lib import export, schema
+from kernelbook_lib.text import problem_id
+from tests.fixtures import fake_data
 
 
 def judged_rows(n: int, seed: int, tmp: Path) -> pl.DataFrame:

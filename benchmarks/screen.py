@@ -37,9 +37,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kernelbook_lib import screen as screen_module  # noqa: E402
-from kernelbook_lib.module_parse import parse_code  # noqa: E402
-from kernelbook_lib.screen import screen  # noqa: E402
+from kernelbook_lib import screen as screen_module
+from kernelbook_lib.module_parse import parse_code
+from kernelbook_lib.screen import screen
 
 VERDICTS = ("kernel", "flagged", "reject")
 OUTCOMES = ("kept-clean", "kept-flagged", "rejected")

@@ -138,7 +138,7 @@ def load_judged(input_dir: Path, expected_counts: dict[str, int] | None = None) 
     for path in judged_files(input_dir, require_summary=expected_counts is None):
         try:
             schema = pl.read_parquet_schema(path)
-        except Exception as exc:  # unreadable or not parquet: the user can fix the file
+        except Exception as exc:  # noqa: BLE001 - unreadable or not parquet, whatever polars raises: the user can fix the file
             raise UserError(f"cannot read {path}: {exc}") from None
         missing = [c for c in ANALYSIS_COLUMNS if c not in schema]
         if missing:

@@ -132,7 +132,7 @@ def _read_hub_benchmark(dataset_id: str) -> pl.DataFrame:
 
     try:
         splits = datasets.load_dataset(dataset_id)
-    except Exception as exc:  # network, auth, missing repo: one clear message, no traceback
+    except Exception as exc:  # noqa: BLE001 - network, auth, missing repo (datasets raises many kinds): one clear message
         raise loading.hub_unavailable(
             exc, f"benchmark {dataset_id!r}", "download the benchmark and pass its local path "
             "(a .parquet/.jsonl file or a folder) with --decontaminate.",

@@ -514,12 +514,12 @@ def _push_one(api, item: PublishPlanItem, private: bool, secret: str, timeout: f
         )
     except UserError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure of the commit is classified by _hub_error (and the token scrubbed)
         raise _hub_error(exc, where, api.endpoint, secret, timeout) from None
     tag = f"{item.tag_prefix or 'publish'}-{commit.oid[:8]}"
     try:
         api.create_tag(item.repo_id, tag=tag, revision=commit.oid, repo_type="dataset", tag_message=item.commit_message)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the commit landed; any tagging failure is reported with what to do
         error = _hub_error(exc, f"{where}: committed {commit.commit_url} but could not tag it {tag}", api.endpoint, secret, timeout)
         raise PublishError(f"{error}; tag it by hand or publish again", transient=False) from None
     paths = tuple(f.path_in_repo for f in item.files)

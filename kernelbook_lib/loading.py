@@ -24,7 +24,7 @@ from kernelbook_lib.ledger import StageResult, rejections
 from kernelbook_lib.progress import Progress
 from kernelbook_lib.text import extract_answer, problem_id
 
-from kernelbook_lib.defaults import DEFAULT_SOURCE, SplitName  # noqa: E402,F401
+from kernelbook_lib.defaults import DEFAULT_SOURCE, SplitName  # noqa: F401  (re-exported: loading.DEFAULT_SOURCE, loading.SplitName)
 
 SAMPLE_PATH = Path(__file__).parent / "data" / "evals_sample.parquet"
 SPLITS: tuple[str, ...] = ("train", "validation")
@@ -258,7 +258,7 @@ def _read_hub(dataset_id: str, split: SplitName) -> pl.DataFrame:
         except ValueError as exc:
             # datasets raises ValueError for an unknown split; the message lists the real ones.
             raise UserError(f"cannot load split {name!r} of {dataset_id}: {exc}") from None
-        except Exception as exc:  # network, auth, missing repo: one clear message, no traceback
+        except Exception as exc:  # noqa: BLE001 - network, auth, missing repo (datasets raises many kinds): one clear message
             raise hub_unavailable(
                 exc, repr(dataset_id), "use --source sample, or download the dataset and pass its local path "
                 "(a .parquet/.jsonl file or a folder) with --source.",
@@ -395,7 +395,9 @@ def prepare(source: LoadedSource, progress: Progress | None = None) -> StageResu
     frame = frame.with_columns(_answers(frame.get_column("_assistant"), progress))
     if schema.SOURCE_SPLIT not in frame.columns:
         frame = frame.with_columns(pl.lit("train").alias(schema.SOURCE_SPLIT))
-    blank = lambda col: pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")  # noqa: E731
+    def blank(col: str) -> pl.Expr:
+        return pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")
+
     reason = (
         pl.when(pl.col(schema.MALFORMED_LINE).is_not_null())
         .then(pl.lit(REJECT_MALFORMED_LINE))

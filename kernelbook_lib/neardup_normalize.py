@@ -57,7 +57,9 @@ class Normalized:
 def parts(form: str) -> tuple[list[str], list[str], list[str], str]:
     """A form's tokens, operations, graph features and operation sequence."""
     tokens, ops, features, sequence = (form.split(PART_SEP) + ["", "", "", ""])[:4]
-    split = lambda text: text.split(TOKEN_SEP) if text else []  # noqa: E731
+    def split(text: str) -> list[str]:
+        return text.split(TOKEN_SEP) if text else []
+
     return split(tokens), split(ops), split(features), sequence
 
 

@@ -29,13 +29,13 @@ import matplotlib
 # with any environment; set before pyplot is imported (by plotnine or below).
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.cbook import boxplot_stats  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import polars as pl  # noqa: E402
-from mizani.bounds import squish  # noqa: E402
-from plotnine import (  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.cbook import boxplot_stats
+import numpy as np
+import pandas as pd
+import polars as pl
+from mizani.bounds import squish
+from plotnine import (
     aes,
     annotate,
     coord_cartesian,
@@ -59,17 +59,17 @@ from plotnine import (  # noqa: E402
     theme,
     theme_bw,
 )
-from scipy import stats  # noqa: E402
+from scipy import stats
 
-from kernelbook_lib.analysis import (  # noqa: E402
+from kernelbook_lib.analysis import (
     PAIRS,
     SCORE_MAX,
     SCORE_MIN,
     check_analysis_columns,
     correlate,
 )
-from kernelbook_lib.errors import UserError  # noqa: E402
-from kernelbook_lib.plot_files import (  # noqa: E402,F401  (the file names are part of this module's interface)
+from kernelbook_lib.errors import UserError
+from kernelbook_lib.plot_files import (  # noqa: F401  (the file names are part of this module's interface)
     CORRELATION_PNG,
     JOINT_PNG,
     PLOT_FILES,
@@ -77,7 +77,7 @@ from kernelbook_lib.plot_files import (  # noqa: E402,F401  (the file names are 
     plot_data,
     write_images,
 )
-from kernelbook_lib.report import p_phrase  # noqa: E402
+from kernelbook_lib.report import p_phrase
 
 
 #: Seed of the jitter that spreads rows sharing an integer score, so plots are reproducible.

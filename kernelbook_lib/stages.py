@@ -21,7 +21,7 @@ from kernelbook_lib.ledger import StageResult, empty_rejections, rejections
 if TYPE_CHECKING:
     from kernelbook_lib.progress import Progress
 
-from kernelbook_lib.defaults import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION, GroupBy  # noqa: E402,F401
+from kernelbook_lib.defaults import DEFAULT_SEED, DEFAULT_THRESHOLD, DEFAULT_VAL_FRACTION, GroupBy
 GROUP_BY_CHOICES: tuple[str, ...] = ("problem_id", "module_name", "family_id")
 
 REJECT_BELOW_THRESHOLD = "reward_not_above_threshold"

@@ -149,7 +149,9 @@ def prepare(loaded: loading.LoadedSource) -> PreparedSource:
         name_expr.cast(pl.String).alias(schema.MODULE_NAME),
         code_expr.cast(pl.String).alias(schema.PYTHON_CODE),
     )
-    blank = lambda col: pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")  # noqa: E731
+    def blank(col: str) -> pl.Expr:
+        return pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")
+
     malformed = pl.col(schema.MALFORMED_LINE) if schema.MALFORMED_LINE in frame.columns else pl.lit(None, dtype=pl.String)
     reason = (
         pl.when(malformed.is_not_null()).then(pl.lit(loading.REJECT_MALFORMED_LINE))

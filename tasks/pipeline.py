@@ -106,7 +106,7 @@ def _retry_condition(stage: Stage) -> Callable | None:
     def retry(task_, task_run, state) -> bool:
         try:
             state.result()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the stage's retry_if decides about every failure
             return bool(decide(exc))
         return False
 

@@ -31,7 +31,7 @@ def _retry_if_transient(task, task_run, state) -> bool:
         state.result()
     except hub.PublishError as exc:
         return exc.transient
-    except Exception:
+    except Exception:  # noqa: BLE001 - any other failure is final: not retried
         return False
     return False
 

@@ -332,7 +332,7 @@ def shutdown_ephemeral_server(max_wait_s: float = 60.0) -> None:
 def _shutdown_at_exit() -> None:
     try:
         shutdown_ephemeral_server()
-    except BaseException:  # noqa: BLE001, S110  (an exit must not become a traceback;
+    except BaseException:  # noqa: BLE001  (an exit must not become a traceback;
         pass  # Prefect's own atexit stop still runs after this)
 
 

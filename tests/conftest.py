@@ -50,10 +50,10 @@ import tasks  # noqa: E402,F401  (Prefect environment defaults)
 import prefect  # noqa: E402,F401  (Prefect configures its logging at import)
 
 _console_to_own_stream()
-import pytest  # noqa: E402
+import pytest  # noqa: E402  (after the environment above is set)
 
-from tasks.local_server import TemporaryServer  # noqa: E402
-from tests.fixtures.llm import *  # noqa: E402,F401,F403  (loopback LLM fixtures for every test)
+from tasks.local_server import TemporaryServer  # noqa: E402  (after the environment above is set)
+from tests.fixtures.llm import *  # noqa: E402, F403  (loopback LLM fixtures for every test)
 
 #: The session's Prefect server: the project's own temporary server (tasks/local_server.py), on
 #: the session's new PREFECT_HOME, whose database comes from the template as a CLI run's does

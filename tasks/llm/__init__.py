@@ -55,8 +55,6 @@ so set or monkeypatch it there (``tasks.llm.run.FREEZE_GC``, ``tasks.llm.reporti
 
 from __future__ import annotations
 
-import tasks  # noqa: F401  (Prefect environment defaults, before prefect)
-
 from tasks.llm.cache import llm_cache_dir, llm_cache_dir_path, result_store
 from tasks.llm.chunk import RETRY_JITTER, TransientLLMFailures, _one_call, _retry_if_transient, _Transient, llm_requests_chunk
 from tasks.llm.ledger import LeaseLedger, reclaim_dead_runs_slots

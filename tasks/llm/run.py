@@ -132,7 +132,7 @@ async def arun_llm_requests(
         # The OpenAI SDK (slow to import) is imported here, before the chunk task runs start, so
         # a run that needs no call never pays for it and the first chunk's calls are not
         # delayed by it (docs/design.md, "Imports").
-        import openai  # noqa: F401
+        import openai  # noqa: F401  (imported here, once calls are due: seconds of import kept out of runs without calls)
     limit_name = settings.llm_concurrency_limit_name
     cap = await ensure_concurrency_limit(limit_name, settings.llm_concurrency, logger) if to_call else settings.llm_concurrency
     if to_call:

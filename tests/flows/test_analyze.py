@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tasks  # noqa: F401  (Prefect environment defaults, before prefect is imported)
-
 import json
 import os
 from pathlib import Path

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import tasks  # noqa: F401  (Prefect environment defaults, before prefect is imported)
-
 import json
 import logging
 from pathlib import Path
@@ -143,7 +141,7 @@ def test_generate_prompts_publishes_the_same_kinds_of_artifacts(tmp_path):
     assert_folder_link(one("generate-synthetic", flow_run_id), out / "synthetic")
 
 
-def test_publish_push_links_each_commit_with_its_tag(out: Path, stand_in, online, monkeypatch):  # noqa: F811
+def test_publish_push_links_each_commit_with_its_tag(out: Path, stand_in, online, monkeypatch):
     from flows.publish import publish
 
     write_analysis(out)  # this run's analysis with one plot, which the filtered repo gets

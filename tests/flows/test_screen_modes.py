@@ -3,8 +3,6 @@ the ledger and the summary."""
 
 from __future__ import annotations
 
-import tasks  # noqa: F401  (Prefect environment defaults, before prefect is imported)
-
 import json
 from pathlib import Path
 

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-import tasks  # noqa: F401  (Prefect environment defaults, before prefect)
-
 from prefect import flow
 
 from kernelbook_lib import llm, prompt_gen
