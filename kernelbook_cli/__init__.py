@@ -262,6 +262,35 @@ def _params(pipeline: str, values: dict[str, Any]) -> BaseModel:
         raise typer.Exit(exc.exit_code) from None
 
 
+def _outputs(pipeline: str) -> Any:
+    """The files the pipeline writes (its spec is the one place for their names)."""
+    from kernelbook_lib.pipelines import PIPELINES
+
+    return PIPELINES[pipeline].outputs
+
+
+def _run_writing_flow(pipeline: str, values: dict[str, Any], flow_of: Callable[[], Any], writes: str,
+                      show: Callable[[dict], None], runner: tuple[TaskRunner, str | None] | None, prefetch: tuple[str, ...] = ()) -> dict:
+    """A flow that writes ``--out``: checked and locked before Prefect starts, then the flow
+    (``flow_of()`` imports it) on its validated model; a run that failed after writing everything
+    still shows the summary it wrote. ``runner``: the task runner this command opens (None: the
+    flow opens its own, as re-evaluate does in a deployment)."""
+    task_runner, address = runner or (values["task_runner"], values["dask_address"])
+    with _checked_and_locked(pipeline, values, task_runner, address):
+        flow = flow_of()
+        params = _params(pipeline, values)
+        with _summary_of_a_failed_run(Path(values["out"]) / _outputs(writes).summary_file, show):
+            if runner is None:
+                return run_flow(flow, prefetch=prefetch, params=params)
+            return run_with_runner(flow, *runner, prefetch=prefetch, params=params)
+
+
+def _curate_flow():
+    from flows.curate import curate
+
+    return curate
+
+
 @model_command(
     "curate",
     "Load, group near-duplicate families, filter, decontaminate, screen for real Triton kernels, judge, dedupe, split and export (the filtered and unique datasets).",
@@ -269,17 +298,18 @@ def _params(pipeline: str, values: dict[str, Any]) -> BaseModel:
 )
 def curate(values: dict[str, Any]) -> None:
     values, task_runner, dask_address = _split_runner(values)
-    out = Path(values["out"])
-    with _checked_and_locked("curate", values, task_runner, dask_address):
-        from flows.curate import curate as curate_flow
-        from kernelbook_lib.export import SUMMARY_FILE
-
-        params = _params("curate", values)
-        with _summary_of_a_failed_run(out / SUMMARY_FILE, _show_curate_summary):
-            result = run_with_runner(curate_flow, task_runner, dask_address, prefetch=PLOTTING if values["analysis"] else (), params=params)
+    analysis = values["analysis"]
+    result = _run_writing_flow("curate", values, _curate_flow, "curate", _show_curate_summary,
+                               (task_runner, dask_address), PLOTTING if analysis else ())
     typer.echo("")
     _show_curate_summary(result)
-    typer.echo(f"outputs in {out}/ (filtered/, unique/, rejected.jsonl, run_summary.json{', analysis/' if values['analysis'] else ''})")
+    typer.echo(f"outputs in {values['out']}/ ({', '.join(_outputs('curate').files)}{', analysis/' if analysis else ''})")
+
+
+def _reevaluate_flow():
+    from flows.reevaluate import reevaluate
+
+    return reevaluate
 
 
 @model_command(
@@ -289,18 +319,11 @@ def curate(values: dict[str, Any]) -> None:
 )
 def re_evaluate(values: dict[str, Any]) -> None:
     values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
-    out = Path(values["out"])
-    with _checked_and_locked("re-evaluate", values, values["task_runner"], values["dask_address"]):
-        from flows.reevaluate import reevaluate as reevaluate_flow
-        from kernelbook_lib.export import SUMMARY_FILE
-
-        params = _params("re-evaluate", values)
-        # The flow opens the task runner for its curate subflow itself (as in a deployment).
-        with _summary_of_a_failed_run(out / SUMMARY_FILE, _show_curate_summary):
-            result = run_flow(reevaluate_flow, prefetch=PLOTTING, params=params)
+    # The flow opens the task runner for its curate subflow itself (as in a deployment).
+    result = _run_writing_flow("re-evaluate", values, _reevaluate_flow, "curate", _show_curate_summary, None, PLOTTING)
     typer.echo("")
     _show_curate_summary(result["summary"])
-    typer.echo(f"outputs in {out}/ (filtered/, unique/, rejected.jsonl, run_summary.json, analysis/; report: {result['analysis_report']})")
+    typer.echo(f"outputs in {values['out']}/ ({', '.join(_outputs('curate').files)}, analysis/; report: {result['analysis_report']})")
     if result["published"] is None:
         typer.echo("not published: add --publish to upload")
     else:
@@ -336,6 +359,21 @@ def publish(values: dict[str, Any]) -> None:
         typer.echo(f"{commit['kind']}: {commit['repo_id']} commit {commit['commit_url']} tag {commit['tag']}")
 
 
+def _generate_flow():
+    from flows.generate_prompts import generate_prompts
+
+    return generate_prompts
+
+
+def _show_synthetic_summary(summary: dict) -> None:
+    from kernelbook_lib.synthetic import SyntheticSummary, format_summary
+
+    summary = SyntheticSummary.model_validate(summary)
+    typer.echo(format_summary(summary))
+    for warning in summary.warnings:
+        typer.echo(f"warning: {warning}")
+
+
 @model_command(
     "generate-prompts",
     "Write a task specification for every near-duplicate family (or distinct problem) of PyTorch modules (the synthetic prompts dataset).",
@@ -343,23 +381,12 @@ def publish(values: dict[str, Any]) -> None:
 )
 def generate_prompts(values: dict[str, Any]) -> None:
     values, task_runner, dask_address = _split_runner(values)
-    out = Path(values["out"])
-    with _checked_and_locked("generate-prompts", values, task_runner, dask_address):
-        from flows.generate_prompts import generate_prompts as generate_flow
-        from kernelbook_lib.synthetic import SUMMARY_FILE, SyntheticSummary, format_summary
-
-        def show(summary: SyntheticSummary | dict) -> None:
-            summary = SyntheticSummary.model_validate(summary)
-            typer.echo(format_summary(summary))
-            for warning in summary.warnings:
-                typer.echo(f"warning: {warning}")
-
-        params = _params("generate-prompts", values)
-        with _summary_of_a_failed_run(out / SUMMARY_FILE, show):
-            result = run_with_runner(generate_flow, task_runner, dask_address, params=params)
+    result = _run_writing_flow("generate-prompts", values, _generate_flow, "generate-prompts", _show_synthetic_summary,
+                               (task_runner, dask_address))
     typer.echo("")
-    show(result)
-    typer.echo(f"outputs in {out}/ (synthetic_prompts.jsonl, synthetic/, synthetic_rejected.jsonl, synthetic_summary.json)")
+    _show_synthetic_summary(result)
+    typer.echo(f"outputs in {values['out']}/ ({', '.join(_outputs('generate-prompts').files)})")
+
 
 server_app = typer.Typer(
     help="A local Prefect server that outlives runs, with the UI. While it runs, kernelbook commands use it "
