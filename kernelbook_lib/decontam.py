@@ -111,16 +111,15 @@ def read_benchmark(source: str) -> Benchmark:
     """Read a benchmark source: a local file or folder (every file of it), or a Hub dataset id
     (every split). Raises a :class:`UserError` subclass with one clear line on failure."""
     path = Path(source).expanduser()
-    if path.exists():
+    kind = loading.classify_source(source, "--decontaminate")  # a mistyped path: "no such file or folder"
+    if kind == "local":
         files = [f for split_files in loading._local_split_files(path).values() for f in split_files]
         frames = [loading._read_file(f) for f in sorted(files)]
         frame = loading._concat(frames, str(path)) if len(frames) > 1 else frames[0]
-    elif loading._HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+    elif kind == "hub":
         frame = _read_hub_benchmark(source)
     else:
-        raise SourceUnavailableError(
-            f"--decontaminate {source!r} is neither an existing file or folder nor a Hub dataset id (owner/name)"
-        )
+        raise SourceUnavailableError("--decontaminate sample: the bundled sample is not a benchmark; give a benchmark's file, folder or Hub id")
     if frame.height == 0:
         raise UserError(f"benchmark {public_source(source)} has no rows")
     return benchmark_of(frame, source)

@@ -84,6 +84,15 @@ def path_like_reason(source: str) -> str | None:
     return None
 
 
+def is_hub_id(source: str) -> bool:
+    """Whether ``source`` is read as a Hub dataset id: ``owner/name``, not ``sample``, not an
+    existing path and not path-like (:func:`classify_source`'s rule, without raising)."""
+    return (
+        source != "sample" and bool(source.strip()) and not Path(source).expanduser().exists()
+        and path_like_reason(source) is None and bool(_HUB_ID.match(source))
+    )
+
+
 def classify_source(source: str, option: str = "--source") -> SourceKind:
     """``sample``, ``local`` (an existing file or folder) or ``hub`` (an ``owner/name`` id).
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from kernelbook_lib.processes import process_alive, process_started
 
 #: How often the temporary server checks that its parent is alive.
 PARENT_POLL_S = 0.5
@@ -49,25 +50,6 @@ def prefect_home() -> Path:
     """PREFECT_HOME as Prefect resolves it when only the environment sets it (the default
     otherwise), without importing prefect."""
     return Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
-
-
-def _process_started(pid: int) -> float | None:
-    """When process ``pid`` started (None if there is no such live process)."""
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:  # exited, not yet collected by its parent
-            return None
-        return process.create_time()
-    except psutil.Error:
-        return None
-
-
-def _pid_alive(pid: int, started: float | None = None) -> bool:
-    """Whether ``pid`` runs (and, given its start time, is still the same process)."""
-    now_started = _process_started(pid)
-    return now_started is not None and (started is None or abs(now_started - started) < 1.0)
 
 
 # --- the temporary server ---------------------------------------------------------------------
@@ -371,7 +353,7 @@ class LocalServer:
             record = ServerRecord(pid=int(data["pid"]), port=int(data["port"]), started=data.get("started"))
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not _pid_alive(record.pid, record.started):
+        if not process_alive(record.pid, record.started):
             self.state_path.unlink(missing_ok=True)
             return None
         return record
@@ -407,7 +389,7 @@ class LocalServer:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # not stopped by this terminal's Ctrl-C or its closing
             )
-        record = ServerRecord(pid=process.pid, port=port, started=_process_started(process.pid))
+        record = ServerRecord(pid=process.pid, port=port, started=process_started(process.pid))
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": record.pid, "port": record.port, "started": record.started}))
         os.replace(tmp, self.state_path)
@@ -429,10 +411,10 @@ class LocalServer:
             try:
                 os.killpg(record.pid, signal.SIGTERM)
                 deadline = time.monotonic() + grace_s
-                while _pid_alive(record.pid, record.started) and time.monotonic() < deadline:
+                while process_alive(record.pid, record.started) and time.monotonic() < deadline:
                     _reap(record.pid)
                     time.sleep(0.1)
-                if _pid_alive(record.pid, record.started):
+                if process_alive(record.pid, record.started):
                     os.killpg(record.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass

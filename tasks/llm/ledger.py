@@ -17,6 +17,7 @@ from prefect.logging import get_logger
 from prefect.settings import get_current_settings
 
 from tasks.runtime import on_temporary_server
+from kernelbook_lib.processes import process_alive, process_started
 
 _module_logger = get_logger("kernelbook.llm")
 
@@ -54,32 +55,12 @@ class LeaseLedger:
             if not self._leases:
                 self.path.unlink(missing_ok=True)
                 return
-            record = {"pid": os.getpid(), "started": _process_start_time(os.getpid()), "leases": self._leases}
+            record = {"pid": os.getpid(), "started": process_started(os.getpid()), "leases": self._leases}
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(record))
             os.replace(tmp, self.path)
         except OSError as exc:  # bookkeeping only: never fail a run for it
             _module_logger.warning(f"could not record concurrency leases in {self.path}: {exc}")
-
-
-def _process_start_time(pid: int) -> float | None:
-    try:
-        import psutil
-
-        return psutil.Process(pid).create_time()
-    except Exception:  # noqa: BLE001 - no psutil, or no such process
-        return None
-
-
-def _process_alive(pid: int, started: float | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    now_started = _process_start_time(pid)
-    return started is None or now_started is None or abs(now_started - started) < 1.0
 
 
 async def reclaim_dead_runs_slots(limit_name: str, logger: Any) -> None:
@@ -98,7 +79,7 @@ async def reclaim_dead_runs_slots(limit_name: str, logger: Any) -> None:
             pid = int(record["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if pid == os.getpid() or _process_alive(pid, record.get("started")):
+        if pid == os.getpid() or process_alive(pid, record.get("started")):
             continue
         claimed = path.with_suffix(".reclaiming")
         try:
