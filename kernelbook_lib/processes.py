@@ -1,5 +1,6 @@
-"""Whether a process recorded by pid (and start time) still runs: the one rule for the output
-lock's holder, the LLM crash ledger's dead runs and the local server's record.
+"""Whether a process recorded by pid (and start time) still runs: the one rule for the LLM crash
+ledger's dead runs and the local server's record (the output lock needs none: ``flock`` ends
+with its holder).
 
 A pid alone is not trusted: ids are recycled, so a record also keeps the process's start time,
 and a process with that pid but another start time is a different one. A zombie (exited, not yet
