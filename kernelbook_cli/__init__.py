@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from typer.core import TyperGroup
 
-from kernelbook_lib.errors import UserError
+from kernelbook_lib.errors import BatchesPendingError, UserError
 from kernelbook_lib.params import AnalyzeParams, CurateParams, GenerateParams, PublishParams, ReevaluateParams, RunnerParams, TaskRunner
 
 
@@ -190,6 +190,9 @@ def run_flow(fn, *, prefetch: tuple[str, ...] = (), **kwargs):
     try:
         attach_prefect_api(prefetch=prefetch)
         return fn(**kwargs)
+    except BatchesPendingError as exc:  # --no-wait: not an error; the line says how to collect
+        typer.echo(str(exc))
+        raise typer.Exit(exc.exit_code) from None
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
@@ -293,7 +296,7 @@ def _curate_flow():
 
 @model_command(
     "curate",
-    "Load, group near-duplicate families, filter, decontaminate, screen for real Triton kernels, judge, dedupe, split and export (the filtered and unique datasets).",
+    "Load, group near-duplicate families, filter, decontaminate, screen for real Triton kernels, judge, make SFT-ready (--completion, lengths, --max-sft-tokens), dedupe, split and export (the filtered and unique datasets).",
     CurateParams, RunnerParams,
 )
 def curate(values: dict[str, Any]) -> None:

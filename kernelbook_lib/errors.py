@@ -37,3 +37,11 @@ class RunFailedError(UserError):
     to be judged). Everything it could write is written; the message says what to do."""
 
     exit_code = 1
+
+
+class BatchesPendingError(UserError):
+    """``--no-wait``: the LLM requests were handed to the provider's Batch API and the run stops
+    before their results exist. Nothing is wrong; the message says how to collect them (run the
+    same command again). The CLI prints it as one line, without ``error:``, and exits 3."""
+
+    exit_code = 3

@@ -18,6 +18,17 @@ Vocabulary:
 
 A reply the task's ``parse`` rejects is an ``invalid_reply`` failure, which is transient
 (retried). The SDK's own retries are off (``max_retries=0``): there is ONE retry policy, Prefect's.
+
+Request parameters (docs/llm.md, "Request parameters"): ``max_completion_tokens`` (or the old
+name ``max_tokens``), ``reasoning_effort`` and ``temperature`` are sent only when their setting
+is set. The two that change the reply (temperature, effort) are in ``LLMRequest.params`` and in
+the key; the token budget is not (a reply cut by it is a ``length`` failure, never cached).
+
+Structured output (docs/llm.md, "Structured-output fallback"): a request is sent in one of three
+modes, ``json_schema`` (the task's strict schema), ``json_object`` (JSON mode, the schema in the
+system prompt and in llama.cpp's ``schema`` key) or ``text`` (the schema in the system prompt
+only). The key does not depend on the mode: the task's ``parse`` reads the reply of every mode,
+and only a reply it accepts is ever cached.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import email.utils
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +70,12 @@ def json_schema_response_format(name: str, model: type[BaseModel]) -> dict[str, 
     """A strict ``response_format`` for ``model``. Build it once per task, never per call
     (docs/design.md, "The call")."""
     return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": strict_json_schema(model)}}
+
+
+#: How the system prompt's structured-output instructions begin in the ``json_object`` and
+#: ``text`` modes (the JSON schema follows; the loopback test server looks for this text).
+FORMAT_INSTRUCTIONS_START = ("Reply with one JSON object and nothing else (no prose, no code fence) that "
+                             "follows this JSON schema:\n")
 
 
 class LLMTask:
@@ -106,6 +124,15 @@ class LLMTask:
         """A reply read back from the cache, re-validated (raises ``ValueError``)."""
         return self.reply_model.model_validate(stored).model_dump()
 
+    def format_instructions(self) -> str | None:
+        """What the system prompt gains when the endpoint will not take the task's
+        ``response_format`` (modes ``json_object`` and ``text``): the JSON schema of the reply.
+        ``None`` for a task that asks for plain text."""
+        schema = _response_schema(self.response_format)
+        if schema is None:
+            return None
+        return FORMAT_INSTRUCTIONS_START + json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
+
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self)
 
@@ -123,16 +150,22 @@ KEY_SCHEME = "kernelbook-llm-request-v1"
 CACHE_RECORD_FORMAT = "kernelbook-llm-cache-v1"
 
 
-def request_key(model: str, prompt_version: str, messages: Sequence[Mapping[str, str]]) -> str:
-    """SHA-256 (hex) over the model, the prompt version and the full prompt text.
+def request_key(model: str, prompt_version: str, messages: Sequence[Mapping[str, str]],
+                params: Mapping[str, Any] | None = None, sample: int = 0) -> str:
+    """SHA-256 (hex) over the model, the prompt version, the full prompt text and the request
+    parameters that change the reply (``params``: temperature, reasoning effort).
 
     Every message's role and complete content count; nothing else does (no API key, no row
-    position, no time), so a second run of the same job finds every answer again."""
-    canonical = json.dumps(
-        [KEY_SCHEME, model, prompt_version, [[m["role"], m["content"]] for m in messages]],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    position, no time, no token budget, no structured-output mode), so a second run of the same
+    job finds every answer again. Without ``params`` the key is the one every existing cache
+    entry was written under. ``sample``: the index of a repeated verdict of the same prompt
+    (``--judge-samples``); sample 0 has the key it always had, sample k its own."""
+    parts: list[Any] = [KEY_SCHEME, model, prompt_version, [[m["role"], m["content"]] for m in messages]]
+    if params:
+        parts.append(sorted([str(name), value] for name, value in params.items()))
+    if sample:
+        parts.append(["sample", int(sample)])
+    canonical = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -149,19 +182,41 @@ class LLMRequest(BaseModel):
     messages: tuple[dict[str, str], ...]
     #: The row fields the task's ``parse`` needs (not part of the key: the messages hold them).
     context: dict[str, str] = Field(default_factory=dict)
+    #: Request parameters that change the reply (``temperature``, ``reasoning_effort``): sent
+    #: with the request and part of the key. Empty unless set (see :func:`reply_params`).
+    params: dict[str, Any] = Field(default_factory=dict)
+    #: Which repeated verdict of the same prompt this is (``--judge-samples``): part of the key
+    #: only, never sent.
+    sample: int = Field(default=0, ge=0)
 
     @classmethod
     def build(cls, *, model: str, task: LLMTask, messages: Sequence[Mapping[str, str]],
-              context: Mapping[str, str] | None = None) -> LLMRequest:
+              context: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None, sample: int = 0) -> LLMRequest:
         msgs = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in messages)
         return cls(
-            key=request_key(model, task.prompt_version, msgs),
+            key=request_key(model, task.prompt_version, msgs, params, sample),
+            sample=sample,
             model=model,
             prompt_version=task.prompt_version,
             task=task.name,
             messages=msgs,
             context=dict(context or {}),
+            params=dict(params or {}),
         )
+
+    def with_params(self, params: Mapping[str, Any]) -> LLMRequest:
+        """The same request with ``params`` as its reply-changing parameters (and the key
+        they give); ``self`` when they are the ones it has."""
+        if dict(params) == self.params:
+            return self
+        return self.model_copy(update={"params": dict(params),
+                                       "key": request_key(self.model, self.prompt_version, self.messages, params, self.sample)})
+
+    def as_sample(self, sample: int) -> LLMRequest:
+        """The same prompt as its ``sample``-th repeated verdict (its own cache key)."""
+        if sample == self.sample:
+            return self
+        return self.model_copy(update={"sample": sample, "key": request_key(self.model, self.prompt_version, self.messages, self.params, sample)})
 
     @property
     def prompt_chars(self) -> int:
@@ -195,6 +250,9 @@ class LLMOutcome(BaseModel):
     completion_tokens: int = 0
     #: Of ``prompt_tokens``, those the provider served from its prompt (prefix) cache.
     cached_prompt_tokens: int = 0
+    #: Of ``completion_tokens``, those the model spent reasoning
+    #: (``usage.completion_tokens_details.reasoning_tokens``; 0 when not reported).
+    reasoning_tokens: int = 0
     cached: bool = False
     calls: int = Field(default=0, ge=0)
     failure_kind: str | None = None
@@ -214,6 +272,22 @@ NOT_FOUND = "not_found"  # 404 (usually a wrong model name or base URL)
 AUTH = "auth"  # 401/403: stops the whole run
 PROMPT_TOO_LONG = "prompt_too_long"  # never sent
 UNEXPECTED = "unexpected_error"
+#: ``finish_reason: "length"``: the reply was cut at the token budget. Re-sent at once with a
+#: larger budget when LLM_MAX_COMPLETION_TOKENS is set (see ``LENGTH_RETRIES``), else recorded.
+LENGTH = "length"
+#: ``finish_reason: "content_filter"``: the provider withheld the reply (recorded at once).
+CONTENT_FILTER = "content_filter"
+#: The endpoint rejected our ``response_format`` (a 4xx, or a 5xx whose body names it): the run
+#: falls back to the next structured-output mode and sends the request again. Never recorded.
+FORMAT_REJECTED = "response_format_rejected"
+#: A 400/422 naming a request parameter a setting made us send: stops the whole run
+#: (:class:`LLMParameterError`). Never recorded per row.
+UNSUPPORTED_PARAMETER = "unsupported_parameter"
+
+#: A reply cut by the budget is re-sent this many times, each time with twice the budget...
+LENGTH_RETRIES = 1
+#: ... but never more than this multiple of LLM_MAX_COMPLETION_TOKENS.
+MAX_BUDGET_FACTOR = 4
 
 #: Longest Retry-After honoured, in seconds (a provider asking for more is capped, not obeyed
 #: for an hour; the retry then meets the limit again and Prefect's backoff takes over).
@@ -228,6 +302,8 @@ class Failure:
     retry_after: float | None = None
     detail: str = ""
     status: int | None = None
+    #: The request parameter an ``unsupported_parameter`` failure names.
+    param: str | None = None
 
 
 def ledger_reason(stage: str, kind: str | None) -> str:
@@ -285,15 +361,57 @@ class InvalidReply(ValueError):
         self.completion_tokens = completion_tokens
 
 
-def classify(exc: BaseException, *, secrets: Iterable[str | None] = ()) -> Failure:
+#: The request parameters a setting makes us send, with the setting.
+PARAMETER_SETTINGS: dict[str, str] = {
+    "max_completion_tokens": "LLM_MAX_COMPLETION_TOKENS",
+    "max_tokens": "LLM_MAX_COMPLETION_TOKENS",
+    "reasoning_effort": "LLM_REASONING_EFFORT",
+    "temperature": "LLM_TEMPERATURE",
+}
+_FORMAT_WORDS = re.compile(r"response_format|json_schema|json_object", re.IGNORECASE)
+
+
+def _names(text: str, name: str) -> bool:
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", text, re.IGNORECASE) is not None
+
+
+#: Words saying a parameter itself is refused (not, say, a budget too large for one long prompt).
+_REFUSAL_WORDS = re.compile(r"unsupported|not supported|does not support|unrecognized|unknown|not allowed|"
+                            r"not permitted|extra (inputs|fields)|invalid", re.IGNORECASE)
+
+
+def _named_parameter(body: Any, text: str, sent: Iterable[str]) -> str | None:
+    """The parameter (of those a setting made us send) that an error body refuses: its
+    ``param`` field (OpenAI's errors have one), else the first named in the message; and the
+    error says the parameter is unsupported, unknown or invalid (OpenAI's codes
+    ``unsupported_parameter`` / ``unsupported_value``, or such words). A 400 that names
+    ``max_tokens`` because one prompt leaves too little room in the context is a row's
+    ``bad_request``, not a setting to change."""
+    sent = [name for name in sent if name in PARAMETER_SETTINGS]
+    code = str(body.get("code") or "") if isinstance(body, dict) else ""
+    if not code.startswith("unsupported") and not _REFUSAL_WORDS.search(text):
+        return None
+    param = body.get("param") if isinstance(body, dict) else None  # the SDK's body is the error object
+    if isinstance(param, str) and param in sent:
+        return param
+    return next((name for name in sent if _names(text, name)), None)
+
+
+def classify(exc: BaseException, *, secrets: Iterable[str | None] = (),
+             sent: Iterable[str] = ()) -> Failure:
     """Map an exception raised by a call to a :class:`Failure`.
 
     429, 5xx, timeouts, connection errors and invalid replies are transient; 400/404 and other
-    4xx are not; 401/403 are ``auth`` (the caller stops the run). The detail is short and has
-    every secret in ``secrets`` redacted (providers sometimes echo the key in error bodies)."""
+    4xx are not; 401/403 are ``auth`` (the caller stops the run). ``sent`` names the optional
+    body keys the request carried: a 4xx, or a 5xx, whose body names ``response_format`` (or
+    ``json_schema``/``json_object``) when one was sent is ``response_format_rejected``; a 400 or
+    422 naming a parameter a setting made us send is ``unsupported_parameter``. The detail is
+    short and has every secret in ``secrets`` redacted (providers sometimes echo the key in
+    error bodies)."""
     import openai  # lazily: see TYPE_CHECKING above
 
     secrets = tuple(secrets)
+    sent = tuple(sent)
     if isinstance(exc, InvalidReply):
         return Failure(INVALID_REPLY, transient=True, detail=_short(str(exc), secrets))
     if isinstance(exc, openai.APITimeoutError):  # before APIConnectionError: it is a subclass
@@ -308,6 +426,11 @@ def classify(exc: BaseException, *, secrets: Iterable[str | None] = ()) -> Failu
         message = body.get("message") if isinstance(body, dict) else body
         detail = f"HTTP {status}" + (f": {message}" if message else "")
         detail = _short(detail, secrets)
+        text = json.dumps(body, default=str) if isinstance(body, (dict, list)) else str(body or exc.message or "")
+        if "response_format" in sent and status not in (401, 403, 404, 408, 429) and _FORMAT_WORDS.search(text):
+            return Failure(FORMAT_REJECTED, False, None, detail, status)
+        if status in (400, 422) and (param := _named_parameter(body, text, sent)) is not None:
+            return Failure(UNSUPPORTED_PARAMETER, False, None, detail, status, param)
         if status == 429:
             retry_after = parse_retry_after(exc.response.headers)
             return Failure(RATE_LIMITED, True, retry_after, detail, status)
@@ -329,6 +452,27 @@ def classify(exc: BaseException, *, secrets: Iterable[str | None] = ()) -> Failu
 
 class LLMAuthError(UserError):
     """The endpoint rejected our credentials: stop the whole run with one clear message."""
+
+
+class LLMParameterError(UserError):
+    """The endpoint rejected a request parameter a setting made us send: stop the whole run
+    with one line naming the parameter and the setting to change (not retried, and no row is
+    recorded as failed: the next run, with the setting changed, asks again)."""
+
+
+def unsupported_parameter_message(param: str, base_url: str, detail: str) -> str:
+    """One line: the parameter, what the endpoint said, and the setting to change."""
+    fixes = {
+        "max_completion_tokens": "set LLM_TOKEN_PARAMETER=max_tokens (for a server that only knows the old "
+                                 "name) or unset LLM_MAX_COMPLETION_TOKENS",
+        "max_tokens": "set LLM_TOKEN_PARAMETER=max_completion_tokens (the default) or unset LLM_MAX_COMPLETION_TOKENS",
+        "reasoning_effort": "unset LLM_REASONING_EFFORT or choose a level this model takes",
+        "temperature": "unset LLM_TEMPERATURE or choose a value this model takes",
+    }
+    fix = fixes.get(param, f"unset {PARAMETER_SETTINGS.get(param, 'the setting that sends it')}")
+    line = (f"the LLM endpoint {base_url} rejected the request parameter `{param}` ({detail}): {fix}. "
+            "The run was stopped; no verdict was recorded for the remaining rows.")
+    return " ".join(line.split())
 
 
 def auth_error_message(status: int | None, base_url: str, team_id_set: bool) -> str:
@@ -405,6 +549,206 @@ def make_async_client(settings: Settings, *, max_connections: int) -> AsyncOpenA
     )
 
 
+# --- structured output, request parameters and the request body ----------------------------------
+
+#: Structured-output modes, in fallback order (docs/llm.md, "Structured-output fallback").
+JSON_SCHEMA = "json_schema"
+JSON_OBJECT = "json_object"
+TEXT = "text"
+STRUCTURED_MODES = (JSON_SCHEMA, JSON_OBJECT, TEXT)
+
+
+def _response_schema(response_format: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not response_format or response_format.get("type") != "json_schema":
+        return None
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    return dict(schema) if isinstance(schema, Mapping) else None
+
+
+def initial_mode(task: LLMTask) -> str:
+    """``json_schema`` for a task with a strict schema, else ``text``."""
+    return JSON_SCHEMA if _response_schema(task.response_format) is not None else TEXT
+
+
+def next_mode(mode: str) -> str | None:
+    """The mode to fall back to after ``mode`` was rejected (``None`` after ``text``)."""
+    index = STRUCTURED_MODES.index(mode)
+    return STRUCTURED_MODES[index + 1] if index + 1 < len(STRUCTURED_MODES) else None
+
+
+def response_format_for(task: LLMTask, mode: str) -> dict[str, Any] | None:
+    """What ``response_format`` is sent in ``mode``: the task's own in ``json_schema``; JSON
+    mode with the schema under llama.cpp's ``schema`` key in ``json_object`` (llama-cpp-python
+    turns it into a grammar; servers that ignore the key still get JSON mode); none in ``text``."""
+    if mode == JSON_SCHEMA:
+        return dict(task.response_format) if task.response_format is not None else None
+    if mode == JSON_OBJECT:
+        schema = _response_schema(task.response_format)
+        return {"type": "json_object", "schema": schema} if schema is not None else {"type": "json_object"}
+    return None
+
+
+def messages_for(task: LLMTask, request: LLMRequest, mode: str) -> list[dict[str, str]]:
+    """The messages sent in ``mode``: the request's own in ``json_schema``; in the other modes
+    the system prompt gains the task's :meth:`~LLMTask.format_instructions` (a fixed suffix, so
+    a provider's prefix cache still serves it). The key is over the request's own messages."""
+    messages = [dict(m) for m in request.messages]
+    instructions = task.format_instructions() if mode != JSON_SCHEMA else None
+    if not instructions:
+        return messages
+    for message in messages:
+        if message["role"] == "system":
+            message["content"] = message["content"] + "\n\n" + instructions
+            return messages
+    return [{"role": "system", "content": instructions}, *messages]
+
+
+def reply_params(settings: Settings) -> dict[str, Any]:
+    """The request parameters that change the reply, as set: ``temperature`` (LLM_TEMPERATURE)
+    and ``reasoning_effort`` (LLM_REASONING_EFFORT). Part of every request's key."""
+    params: dict[str, Any] = {}
+    if settings.llm_temperature is not None:
+        params["temperature"] = settings.llm_temperature
+    if settings.llm_reasoning_effort is not None:
+        params["reasoning_effort"] = settings.llm_reasoning_effort
+    return params
+
+
+def with_reply_params(requests: Sequence[LLMRequest], settings: Settings) -> list[LLMRequest]:
+    """``requests`` carrying the settings' :func:`reply_params` (new keys when any is set;
+    the very same requests when none is)."""
+    params = reply_params(settings)
+    return [request.with_params(params) if params or request.params else request for request in requests]
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """What the settings add to every call: the token budget and the name it is sent under.
+    ``budget`` None: no budget is sent (the provider's default applies)."""
+
+    budget: int | None = None
+    token_parameter: str = "max_completion_tokens"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CallOptions:
+        return cls(settings.llm_max_completion_tokens, settings.llm_token_parameter)
+
+    def larger_budget(self, budget: int | None, cuts: int) -> int | None:
+        """The budget for the next try of a reply cut ``cuts`` times at ``budget``, or ``None``
+        when it may not grow: no budget set, LENGTH_RETRIES spent, or MAX_BUDGET_FACTOR reached."""
+        if self.budget is None or budget is None or cuts > LENGTH_RETRIES:
+            return None
+        larger = min(2 * budget, MAX_BUDGET_FACTOR * self.budget)
+        return larger if larger > budget else None
+
+
+def request_body(task: LLMTask, request: LLMRequest, *, mode: str | None = None, budget: int | None = None,
+                 token_parameter: str = "max_completion_tokens") -> dict[str, Any]:
+    """The keyword arguments of ``chat.completions.create`` (the JSON body) for ``request`` in
+    ``mode`` (default: the task's first): the model, the messages, the ``response_format`` of
+    the mode, the request's reply parameters, and ``budget`` under ``token_parameter``. Nothing
+    that is not set is sent."""
+    mode = mode or initial_mode(task)
+    body: dict[str, Any] = {"model": request.model, "messages": messages_for(task, request, mode)}
+    response_format = response_format_for(task, mode)
+    if response_format is not None:
+        body["response_format"] = response_format
+    body.update(request.params)
+    if budget is not None:
+        body[token_parameter] = int(budget)
+    return body
+
+
+#: Tokens per character assumed before a call (``chars / 4``), and per message for the
+#: role and separators; a token-per-minute limit reserves this estimate of the input.
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+
+
+def estimated_input_tokens(task: LLMTask, request: LLMRequest, mode: str | None = None) -> int:
+    """The input tokens of ``request`` in ``mode``, estimated from characters (``chars / 4``,
+    rounded up, plus TOKENS_PER_MESSAGE per message): what a token-per-minute limit reserves
+    before the call (the reported usage corrects it after)."""
+    messages = messages_for(task, request, mode or initial_mode(task))
+    chars = sum(len(m["content"]) for m in messages)
+    return -(-chars // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages)
+
+
+# --- the provider's rate-limit headers -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateLimitInfo:
+    """``x-ratelimit-remaining-requests`` / ``-tokens``, ``x-ratelimit-reset-requests`` /
+    ``-tokens`` (seconds) and ``x-ratelimit-limit-requests`` / ``-tokens`` of one response;
+    ``None`` for a header the provider did not send."""
+
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_s: float | None = None
+    reset_tokens_s: float | None = None
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
+
+    def wait_for(self, what: str, needed: float) -> float:
+        """Seconds until ``needed`` requests (``what="requests"``) or tokens are available: 0
+        when they are. A provider's limit refills its ``limit`` within the reset time, so
+        with the limit known the wait is the time the missing part takes to come back (never
+        more than the reset); without it, the reset."""
+        remaining = getattr(self, f"remaining_{what}")
+        reset = getattr(self, f"reset_{what}_s")
+        limit = getattr(self, f"limit_{what}")
+        if remaining is None or not reset or remaining >= needed:
+            return 0.0
+        if limit is not None and limit > remaining:
+            return min(reset, (needed - remaining) * reset / (limit - remaining))
+        return reset
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Seconds in a reset header: ``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"`` or a plain
+    number of seconds; ``None`` when unreadable. Capped at MAX_RETRY_AFTER_S."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            return None
+        scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+        seconds = sum(float(n) * scale[u] for n, u in parts)
+    if math.isnan(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER_S)
+
+
+def parse_rate_limit_headers(headers: Mapping[str, str] | None) -> RateLimitInfo | None:
+    """The rate-limit headers of a response, or ``None`` when it has none."""
+    if not headers:
+        return None
+
+    def integer(name: str) -> int | None:
+        raw = headers.get(name)
+        try:
+            return int(float(raw)) if raw is not None else None
+        except ValueError:
+            return None
+
+    info = RateLimitInfo(integer("x-ratelimit-remaining-requests"), integer("x-ratelimit-remaining-tokens"),
+                         parse_duration(headers.get("x-ratelimit-reset-requests")),
+                         parse_duration(headers.get("x-ratelimit-reset-tokens")),
+                         integer("x-ratelimit-limit-requests"), integer("x-ratelimit-limit-tokens"))
+    return None if info == RateLimitInfo() else info
+
+
+# --- the call ----------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class CallResult:
     """One API call: a parsed reply with its usage, or a failure (tokens may still be paid)."""
@@ -414,38 +758,64 @@ class CallResult:
     completion_tokens: int = 0
     failure: Failure | None = None
     cached_prompt_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
+    reasoning_tokens: int = 0  # of completion_tokens, spent reasoning
+    rate_limits: RateLimitInfo | None = None  # the response's x-ratelimit-* headers
+    #: Whether the provider reported usage (a token-per-minute limit is corrected from it).
+    usage_reported: bool = False
 
 
-def _usage(completion: Any) -> tuple[int, int, int]:
-    """Prompt, completion and cached prompt tokens (``usage.prompt_tokens_details.cached_tokens``;
-    0 when the provider does not report it)."""
+def _usage(completion: Any) -> tuple[int, int, int, int]:
+    """Prompt, completion, cached prompt and reasoning tokens
+    (``usage.prompt_tokens_details.cached_tokens``, ``usage.completion_tokens_details.reasoning_tokens``;
+    0 when the provider does not report them)."""
     usage = getattr(completion, "usage", None)
     details = getattr(usage, "prompt_tokens_details", None)
     prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+    completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
     cached = int(getattr(details, "cached_tokens", 0) or 0)
-    return prompt, int(getattr(usage, "completion_tokens", 0) or 0), min(cached, prompt)
+    reasoning = int(getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", 0) or 0)
+    return prompt, completion_tokens, min(cached, prompt), min(reasoning, completion_tokens)
 
 
 async def call(client: AsyncOpenAI, task: LLMTask, request: LLMRequest, *,
-               secrets: Iterable[str | None] = ()) -> CallResult:
-    """Make ONE chat completion for ``request`` and check the reply with ``task.parse``.
+               secrets: Iterable[str | None] = (), mode: str | None = None, budget: int | None = None,
+               token_parameter: str = "max_completion_tokens") -> CallResult:
+    """Make ONE chat completion for ``request`` (body: :func:`request_body`) and check the
+    reply with ``task.parse``.
 
     Never raises for an API or reply problem: the failure is classified (see :func:`classify`).
-    Uses ``chat.completions.create`` with the task's prebuilt ``response_format``, not the SDK's
-    ``.parse()`` helper, which rebuilds the schema on every call (docs/design.md, "The call")."""
-    kwargs: dict[str, Any] = {}
-    if task.response_format is not None:
-        kwargs["response_format"] = task.response_format
+    ``finish_reason`` ``length`` and ``content_filter`` are failures of their own, never parsed.
+    Uses ``chat.completions.with_raw_response.create`` (for the rate-limit headers) with the
+    task's prebuilt ``response_format``, not the SDK's ``.parse()`` helper, which rebuilds the
+    schema on every call (docs/design.md, "The call")."""
+    import openai  # lazily: see TYPE_CHECKING above
+
+    kwargs = request_body(task, request, mode=mode, budget=budget, token_parameter=token_parameter)
+    sent = [name for name in kwargs if name not in ("model", "messages")]
     try:
-        completion = await client.chat.completions.create(
-            model=request.model, messages=list(request.messages), **kwargs
-        )
+        raw = await client.chat.completions.with_raw_response.create(**kwargs)
+        completion = raw.parse()
     except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
-        return CallResult(None, failure=classify(exc, secrets=secrets))
+        headers = exc.response.headers if isinstance(exc, openai.APIStatusError) else None
+        return CallResult(None, failure=classify(exc, secrets=secrets, sent=sent),
+                          rate_limits=parse_rate_limit_headers(headers))
+    rate_limits = parse_rate_limit_headers(raw.headers)
     if not hasattr(completion, "choices"):  # a 200 that is not JSON (a proxy's HTML page...)
         body = redact(str(completion), secrets)
-        return CallResult(None, failure=classify(InvalidReply(f"response is not a chat completion: {body[:80]!r}")))
-    prompt_tokens, completion_tokens, cached_tokens = _usage(completion)
+        return CallResult(None, failure=classify(InvalidReply(f"response is not a chat completion: {body[:80]!r}")),
+                          rate_limits=rate_limits)
+    prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens = _usage(completion)
+    paid = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "cached_prompt_tokens": cached_tokens, "reasoning_tokens": reasoning_tokens,
+            "rate_limits": rate_limits, "usage_reported": getattr(completion, "usage", None) is not None}
+    finish = getattr(completion.choices[0], "finish_reason", None) if completion.choices else None
+    if finish == "length":
+        where = f" of {budget} tokens" if budget is not None else ""
+        failure = Failure(LENGTH, False, detail=f"reply cut at the token budget{where} (finish_reason length)")
+        return CallResult(None, failure=failure, **paid)
+    if finish == "content_filter":
+        failure = Failure(CONTENT_FILTER, False, detail="the provider's content filter withheld the reply")
+        return CallResult(None, failure=failure, **paid)
     try:
         if not completion.choices:
             raise InvalidReply("reply has no choices")
@@ -457,8 +827,8 @@ async def call(client: AsyncOpenAI, task: LLMTask, request: LLMRequest, *,
         reply = task.parse(content, request)
     except ValueError as exc:
         failure = classify(exc if isinstance(exc, InvalidReply) else InvalidReply(str(exc)), secrets=secrets)
-        return CallResult(None, prompt_tokens, completion_tokens, failure, cached_tokens)
-    return CallResult(reply, prompt_tokens, completion_tokens, None, cached_tokens)
+        return CallResult(None, failure=failure, **paid)
+    return CallResult(reply, **paid)
 
 
 # --- cache records ------------------------------------------------------------------------------
@@ -490,6 +860,7 @@ def cache_record(request: LLMRequest, result: CallResult, run_token: str) -> dic
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "cached_prompt_tokens": result.cached_prompt_tokens,  # absent from older records: 0
+        "reasoning_tokens": result.reasoning_tokens,  # absent from older records: 0
         "run_token": run_token,
         "written_at": time.time(),
     }
@@ -520,6 +891,7 @@ def outcome_from_cache_record(record: Any, task: LLMTask, request: LLMRequest, r
         prompt_tokens=int(record.get("prompt_tokens") or 0),
         completion_tokens=int(record.get("completion_tokens") or 0),
         cached_prompt_tokens=int(record.get("cached_prompt_tokens") or 0),
+        reasoning_tokens=int(record.get("reasoning_tokens") or 0),
         cached=record.get("run_token") != run_token,
     )
 

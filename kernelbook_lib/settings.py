@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     prime_api_key: SecretStr | None = None
     prime_team_id: str | None = None
     judge_model: str = DEFAULT_MODEL
+    #: A panel of judges, comma-separated (``--judge-model`` repeated wins); unset: JUDGE_MODEL alone.
+    judge_models: str | None = None
     generator_model: str = DEFAULT_MODEL
     llm_concurrency: int = Field(default=64, ge=1, le=4096)
     llm_timeout_s: float = Field(default=180.0, gt=0)
@@ -60,11 +62,37 @@ class Settings(BaseSettings):
     llm_concurrency_limit_name: str = Field(default="kernelbook-llm", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     #: A prompt longer than this is not sent (the row is recorded, never truncated).
     llm_max_prompt_chars: int = Field(default=200_000, ge=1000)
+    #: Request parameters, each sent only when set (docs/llm.md, "Request parameters"): the
+    #: reply's token budget, sent as ``max_completion_tokens`` (OpenAI's current name) or, with
+    #: LLM_TOKEN_PARAMETER=max_tokens, under the old name; the reasoning effort; the temperature.
+    llm_max_completion_tokens: int | None = Field(default=None, ge=1)
+    llm_token_parameter: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    llm_reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    llm_temperature: float | None = Field(default=None, ge=0, le=2)
+    #: Rate limits across every run on the Prefect server (unset: none): Prefect global
+    #: concurrency limits with slot decay (docs/llm.md, "Rate limits").
+    llm_max_requests_per_minute: int | None = Field(default=None, ge=1)
+    llm_max_tokens_per_minute: int | None = Field(default=None, ge=1)
+    #: Hedged requests (off when unset): a call still unanswered after this quantile of the
+    #: latencies seen so far in the run gets a second copy on a spare slot; the first answer
+    #: wins (docs/llm.md, "Hedged requests").
+    llm_hedge_after_quantile: float | None = Field(default=None, gt=0, lt=1)
     #: Optional prices in USD per million tokens, for the cost estimate.
     llm_price_input_per_mtok: float | None = Field(default=None, ge=0)
     llm_price_output_per_mtok: float | None = Field(default=None, ge=0)
     #: Price of prompt tokens the provider served from its prompt cache (default: the input price).
     llm_price_cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    #: How the LLM stages send their requests when --llm-mode is not given: online (one call
+    #: per request, now) or batch (the provider's Batch API; docs/llm.md, "Batch mode").
+    llm_mode: Literal["online", "batch"] = "online"
+    #: Requests per batch and bytes per batch input file: OpenAI's documented limits are
+    #: 50,000 requests and 200 MB per file; a larger job is split into several batches.
+    llm_batch_max_requests: int = Field(default=50_000, ge=1, le=50_000)
+    llm_batch_max_bytes: int = Field(default=200_000_000, ge=4096, le=200_000_000)
+    #: Batch prices as a share of the online prices (OpenAI bills batches at half price).
+    llm_batch_price_factor: float = Field(default=0.5, ge=0, le=1)
+    #: Seconds between two status checks of the batches a run waits for.
+    llm_batch_poll_s: float = Field(default=30.0, gt=0, le=3600)
     #: Where LLM results are cached (judge and prompt generator).
     kernelbook_cache_dir: Path = Path(".kernelbook-cache")
     #: Progress of long stages: a live display on a terminal, plain periodic lines otherwise.

@@ -16,6 +16,8 @@ the flow, so its tasks go to the flow's task runner.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -83,12 +85,23 @@ def map_chunks(name: str, fn: Callable[[Any], Any], items: Sequence[Any], advanc
     return [future.result() for future in futures]
 
 
-def call_llm(llm_task: LLMTask, requests: list[LLMRequest], refresh: bool, label: str) -> LLMCalls:
-    calls = run_llm_requests(llm_task, requests, refresh=refresh, progress_label=label)
+def call_llm(llm_task: LLMTask, requests: list[LLMRequest], refresh: bool, label: str, *,
+             llm_mode: str | None = None, no_wait: bool = False) -> LLMCalls:
+    calls = run_llm_requests(llm_task, requests, refresh=refresh, progress_label=label, llm_mode=llm_mode,
+                             no_wait=no_wait)
     return LLMCalls(outcomes=calls.outcomes, accounting=calls.accounting)
 
 
 SERVICES = Services(log=log, progress=stage_progress, map=map_chunks, llm=call_llm)
+
+
+def services_for(params: BaseModel) -> Services:
+    """The services for a run of ``params``: its LLM stage sends in the run's ``llm_mode``
+    (None: the LLM_MODE setting) and, in batch mode, honours ``no_wait``."""
+    llm_mode, no_wait = getattr(params, "llm_mode", None), bool(getattr(params, "no_wait", False))
+    if llm_mode is None and not no_wait:
+        return SERVICES
+    return dataclasses.replace(SERVICES, llm=functools.partial(call_llm, llm_mode=llm_mode, no_wait=no_wait))
 
 
 def _run_stage(stage: Stage, frame: pl.DataFrame | None, run: Run) -> StageOutput:
@@ -171,7 +184,7 @@ def run_pipeline(pipeline: Pipeline, params: BaseModel, after_write: Callable[[s
     values = params.model_dump()
     check_and_lock(pipeline.name, values)
     try:
-        run = run_stages(pipeline, params, SERVICES, execute)
+        run = run_stages(pipeline, params, services_for(params), execute)
         summary = write_outputs(quote(pipeline), quote(run))
         failure = gate(quote(pipeline), quote(run), quote(summary))
         out = run.facts["out"]

@@ -43,10 +43,12 @@ The package, one job per module:
 - :mod:`tasks.llm.run`: the entry points, and the scheduling of a run's chunk task runs.
 - :mod:`tasks.llm.chunk`: the ``llm-requests`` task: one chunk's calls and Prefect's retries.
 - :mod:`tasks.llm.state`: one run's in-process state, shared by its chunk task runs.
-- :mod:`tasks.llm.slots`: the Prefect global concurrency limit and the :class:`SlotPool`.
+- :mod:`tasks.llm.slots`: the Prefect global concurrency limit and the :class:`SlotPool`; the
+  rate limits (:class:`RateLimiter`, Prefect limits with slot decay; docs/llm.md, "Rate limits").
 - :mod:`tasks.llm.ledger`: the crash ledger (:class:`LeaseLedger`) and the reclaiming of a dead run's slots.
 - :mod:`tasks.llm.cache`: the content-keyed reply cache.
 - :mod:`tasks.llm.reporting`: the tally, the accounting, the progress display and the artifacts.
+- :mod:`tasks.llm.batch`: batch mode (``llm_mode="batch"``): the provider's Batch API instead of calls.
 
 Every name is importable from here. A module-level setting is read by the module that defines it,
 so set or monkeypatch it there (``tasks.llm.run.FREEZE_GC``, ``tasks.llm.reporting.PROGRESS_TICK_S``,
@@ -60,7 +62,8 @@ from tasks.llm.chunk import RETRY_JITTER, TransientLLMFailures, _one_call, _retr
 from tasks.llm.ledger import LeaseLedger, reclaim_dead_runs_slots
 from tasks.llm.reporting import ARTIFACT_EVERY_S, PROGRESS_TICK_S, Tally, artifact_keys
 from tasks.llm.run import FREEZE_GC, PROGRESS_EVERY_S, LLMRunResult, arun_llm_requests, default_chunk_size, run_llm_requests
-from tasks.llm.slots import IDLE_RELEASE_S, LEASE_ATTEMPTS, LEASE_BLOCKS, LEASE_DURATION_S, SlotPool, ensure_concurrency_limit
+from tasks.llm.slots import (IDLE_RELEASE_S, LEASE_ATTEMPTS, LEASE_BLOCKS, LEASE_DURATION_S, RateLimiter, SlotPool,
+                             ensure_concurrency_limit, ensure_rate_limits)
 from tasks.llm.state import _RUNS, CONNECTIONS_PER_CLIENT, _RunState
 
 __all__ = [
@@ -76,6 +79,7 @@ __all__ = [
     "RETRY_JITTER",
     "LLMRunResult",
     "LeaseLedger",
+    "RateLimiter",
     "SlotPool",
     "Tally",
     "TransientLLMFailures",
@@ -83,6 +87,7 @@ __all__ = [
     "artifact_keys",
     "default_chunk_size",
     "ensure_concurrency_limit",
+    "ensure_rate_limits",
     "llm_cache_dir",
     "llm_cache_dir_path",
     "llm_requests_chunk",

@@ -102,6 +102,7 @@ def _accounting(run: _RunState, outcomes: list[LLMOutcome], settings: Settings, 
         "cached_prompt_tokens": run.cached_prompt_tokens,
         "cached_prompt_share": round(run.cached_prompt_tokens / run.prompt_tokens, 4) if run.prompt_tokens else None,
         "completion_tokens": run.completion_tokens,
+        "reasoning_tokens": run.reasoning_tokens,
         "estimated_cost_usd": llm.estimated_cost(run.prompt_tokens, run.completion_tokens, settings,
                                                  run.cached_prompt_tokens),
         "wall_s": round(wall_s, 3),
@@ -109,6 +110,28 @@ def _accounting(run: _RunState, outcomes: list[LLMOutcome], settings: Settings, 
         "concurrency": cap,
         "prefect_leases": run.pool.leases_taken,
         "cache_warnings": run.cache_warnings,
+        # docs/llm.md, "Structured-output fallback": the mode the run ended in, and its changes.
+        "structured_output": run.structured_mode,
+        "structured_output_fallbacks": list(run.structured_fallbacks),
+        # docs/llm.md, "Rate limits".
+        "rate_limits": _rate_limits(run),
+        # docs/llm.md, "Hedged requests": None when off.
+        "hedging": {"after_quantile": run.hedge_quantile, "sent": run.hedges_sent, "won": run.hedges_won}
+        if run.hedge_quantile is not None else None,
+    }
+
+
+def _rate_limits(run: _RunState) -> dict[str, Any] | None:
+    """The run's rate limits and what they did; None when none applied."""
+    limiter = run.limiter
+    if limiter is None and not run.rate_limit_waits:
+        return None
+    return {
+        "requests_per_minute": limiter.requests_per_minute if limiter and limiter.requests_name else None,
+        "tokens_per_minute": limiter.tokens_per_minute if limiter and limiter.tokens_name else None,
+        "tokens_reserved": limiter.tokens_charged if limiter else 0,
+        "tokens_given_back": limiter.tokens_returned if limiter else 0,
+        "header_waits": run.rate_limit_waits,  # x-ratelimit-* said to wait for a reset
     }
 
 

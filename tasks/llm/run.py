@@ -29,7 +29,7 @@ from tasks.llm.cache import _read_cached, result_store
 from tasks.llm.chunk import llm_requests_chunk
 from tasks.llm.ledger import LeaseLedger, reclaim_dead_runs_slots
 from tasks.llm.reporting import Tally, _accounting, _progress_fields, _ProgressArtifact, _report_progress
-from tasks.llm.slots import SlotPool, ensure_concurrency_limit
+from tasks.llm.slots import SlotPool, ensure_concurrency_limit, ensure_rate_limits
 from tasks.llm.state import _RUNS, _RunState
 
 _module_logger = get_logger("kernelbook.llm")
@@ -57,7 +57,7 @@ def default_chunk_size(concurrency_cap: int) -> int:
 
 def run_llm_requests(
     task: LLMTask, requests: Sequence[LLMRequest], *, refresh: bool = False, progress_label: str | None = None,
-    chunk_size: int | None = None,
+    chunk_size: int | None = None, llm_mode: str | None = None, no_wait: bool = False,
 ) -> LLMRunResult:
     """Resolve every request through Prefect (see :mod:`tasks.llm`). Call it inside a flow.
 
@@ -69,6 +69,10 @@ def run_llm_requests(
         progress_label: names the stage in the progress lines, task-run names and artifact keys
             (default: the task's name, "judge" or "generate").
         chunk_size: requests per task run; default :func:`default_chunk_size`.
+        llm_mode: ``online`` or ``batch`` (the provider's Batch API, :mod:`tasks.llm.batch`);
+            None: the LLM_MODE setting.
+        no_wait: batch mode only: raise ``BatchesPendingError`` (exit code 3) instead of
+            waiting while batches are pending.
 
     Returns one outcome per request, in request order, and the run's accounting. Raises only
     for the whole run: ``LLMAuthError`` (401/403), ``UserError`` (no key while calls are
@@ -79,7 +83,7 @@ def run_llm_requests(
     (a sync flow), else in a helper thread; the flow's run context is carried over."""
     def run() -> LLMRunResult:
         return asyncio.run(arun_llm_requests(task, requests, refresh=refresh, progress_label=progress_label,
-                                             chunk_size=chunk_size))
+                                             chunk_size=chunk_size, llm_mode=llm_mode, no_wait=no_wait))
 
     try:
         asyncio.get_running_loop()
@@ -92,7 +96,7 @@ def run_llm_requests(
 
 async def arun_llm_requests(
     task: LLMTask, requests: Sequence[LLMRequest], *, refresh: bool = False, progress_label: str | None = None,
-    chunk_size: int | None = None,
+    chunk_size: int | None = None, llm_mode: str | None = None, no_wait: bool = False,
 ) -> LLMRunResult:
     """The async form of :func:`run_llm_requests` (for async flows)."""
     try:
@@ -104,6 +108,10 @@ async def arun_llm_requests(
     label = progress_label or task.name
     requests = list(requests)
     llm.check_requests(task, requests)
+    # The reply-changing parameters (temperature, effort) are part of each key: the caller's
+    # requests get them here, and the outcomes are handed back under the caller's keys.
+    caller_keys = [request.key for request in requests]
+    requests = llm.with_reply_params(requests, settings)
     unique: dict[str, LLMRequest] = {}
     for request in requests:
         unique.setdefault(request.key, request)
@@ -127,6 +135,15 @@ async def arun_llm_requests(
             continue
         to_call.append(request)
 
+    if (llm_mode or settings.llm_mode) == "batch":  # the provider's Batch API (docs/llm.md, "Batch mode")
+        from tasks.llm.batch import arun_batch
+
+        batch = await arun_batch(task, requests, unique, final, to_call, token=token, store=store, label=label,
+                                 refresh=refresh, no_wait=no_wait, cache_warnings=cache_warnings, settings=settings,
+                                 logger=logger, wall_start=wall_start)
+        outcomes = [o if o.key == key else o.model_copy(update={"key": key})
+                    for o, key in zip(batch.outcomes, caller_keys, strict=True)]
+        return LLMRunResult(outcomes=outcomes, accounting=batch.accounting)
     if to_call:
         llm.require_api_key(settings)  # a missing key is one clear error, before any call
         # The OpenAI SDK (slow to import) is imported here, before the chunk task runs start, so
@@ -137,8 +154,12 @@ async def arun_llm_requests(
     cap = await ensure_concurrency_limit(limit_name, settings.llm_concurrency, logger) if to_call else settings.llm_concurrency
     if to_call:
         await reclaim_dead_runs_slots(limit_name, logger)
+    limiter = await ensure_rate_limits(limit_name, settings.llm_max_requests_per_minute,
+                                       settings.llm_max_tokens_per_minute, logger) if to_call else None
     pool = SlotPool(limit_name, cap, ledger=LeaseLedger(limit_name, LeaseLedger.directory_for(limit_name)))
     run = _RunState(token=token, label=label, task=task, pool=pool, store=store, retries=settings.llm_retries,
+                    options=llm.CallOptions.from_settings(settings), limiter=limiter,
+                    hedge_quantile=settings.llm_hedge_after_quantile,
                     tally=Tally.of(requests), cache_warnings=cache_warnings)
     for outcome in final.values():
         run.resolve(outcome)
@@ -150,7 +171,8 @@ async def arun_llm_requests(
         f"{label}: {tally.requests} requests ({tally.distinct} distinct prompts): {tally.cache_hits} answered "
         f"from the cache, {tally.failures_by_kind.get(llm.PROMPT_TOO_LONG, 0)} not sendable (prompt too long), "
         f"{len(to_call)} prompts to call in {len(chunks)} task runs, at most {cap} in flight "
-        f"(Prefect limit {pool.limit_name!r})" + (" [refresh: cache ignored]" if refresh else "")
+        f"(Prefect limit {pool.limit_name!r})" + (f", rate limits {limiter.describe()}" if limiter else "")
+        + (" [refresh: cache ignored]" if refresh else "")
     )
     chunk_task = llm_requests_chunk.with_options(
         retries=settings.llm_retries,
@@ -192,6 +214,8 @@ async def arun_llm_requests(
         reporter.update(tally.done, rate_count=run.calls_made, fields=_progress_fields(run, settings))
         reporter.close(note="finished" if finished else "stopped")
         await pool.close()
+        if limiter is not None:
+            await limiter.close()
         await run.close_clients()
         _RUNS.pop(run.token, None)
         if frozen:
@@ -207,6 +231,7 @@ async def arun_llm_requests(
         if isinstance(result, BaseException):
             raise result
     outcomes = [run.final[request.key] for request in requests]
-    accounting = _accounting(run, outcomes, settings, time.monotonic() - wall_start, cap)
+    accounting = {**_accounting(run, outcomes, settings, time.monotonic() - wall_start, cap), "mode": "online"}
+    outcomes = [o if o.key == key else o.model_copy(update={"key": key}) for o, key in zip(outcomes, caller_keys, strict=True)]
     logger.info(f"{label}: accounting {accounting}")
     return LLMRunResult(outcomes=outcomes, accounting=accounting)

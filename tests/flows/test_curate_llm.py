@@ -112,3 +112,42 @@ def test_wrong_key_stops_fast_with_a_clear_message(server, tmp_path, monkeypatch
     assert "PRIME_API_KEY" in result.output and "sk-wrong-key" not in result.output
     assert server.stats()["calls_total"] < 16
     assert not (tmp_path / "out" / "run_summary.json").exists()
+
+
+def test_batch_mode_judges_the_sample_as_online_mode_does_and_collects_after_no_wait(server, tmp_path, monkeypatch):
+    """``--llm-mode batch`` (docs/llm.md, "Batch mode") on the bundled sample: ``--no-wait``
+    submits and exits 3 with the line that says how to collect; the same command without it
+    collects those batches (none submitted again) and writes what an online run writes; a
+    re-run makes no request."""
+    monkeypatch.setenv("LLM_BATCH_POLL_S", "0.02")
+    sample = ["curate", "--source", "sample", "--judge", "llm", "--no-analysis"]
+    online = CliRunner().invoke(app, [*sample, "--out", str(tmp_path / "online")])
+    assert online.exit_code == 0, online.output
+    monkeypatch.setenv("KERNELBOOK_CACHE_DIR", str(tmp_path / "batch-cache"))  # nothing cached for the batch runs
+    out = tmp_path / "batch"
+    batch = [*sample, "--out", str(out), "--llm-mode", "batch"]
+
+    pending = CliRunner().invoke(app, [*batch, "--no-wait"])
+    assert pending.exit_code == 3, pending.output
+    assert "without --no-wait" in pending.output and "error:" not in pending.output and "Traceback" not in pending.output
+    assert not (out / "run_summary.json").exists()
+    submitted = server.stats()
+    assert submitted["batches_created"] >= 1 and submitted["batch_lines_total"] == 0
+
+    done = CliRunner().invoke(app, batch)
+    assert done.exit_code == 0, done.output
+    stats = server.stats()
+    assert (stats["batches_created"], stats["files_uploaded"]) == (submitted["batches_created"], submitted["files_uploaded"])
+    assert stats["calls_total"] == submitted["calls_total"]  # no online call
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["llm"]["mode"] == "batch" and summary["llm"]["batch_ids"] and summary["llm"]["failed"] == 0
+    assert "batch mode:" in done.output
+    frames = [pl.read_parquet(path / "filtered" / "data" / "*.parquet") for path in (tmp_path / "online", out)]
+    assert frames[0].height > 0 and frames[0]["judge"].unique().to_list() == ["llm"]
+    assert frames[1].equals(frames[0])  # row for row, the same verdicts
+
+    again = CliRunner().invoke(app, [*sample, "--out", str(tmp_path / "again"), "--llm-mode", "batch"])
+    assert again.exit_code == 0, again.output
+    asked = ("calls_total", "files_uploaded", "batches_created", "batch_lines_total")
+    assert [server.stats()[k] for k in asked] == [stats[k] for k in asked]
+    assert json.loads((tmp_path / "again" / "run_summary.json").read_text())["llm"]["calls_made"] == 0
