@@ -11,8 +11,11 @@ also put into the ``filtered`` and ``unique`` folders (``images/`` and their car
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger
 
+from kernelbook_lib import analysis
 from kernelbook_lib.params import as_params, AnalyzeParams
 
 from tasks.analysis import (
@@ -46,7 +49,7 @@ def analyze(params: AnalyzeParams = AnalyzeParams(), run: dict | None = None) ->
     out_dir = prepare_analysis_out(input, out)
     identity = identify_judged(input, run)
     df = load_judged(input, run)
-    result = compute_analysis(df)
+    result = compute_analysis(df, analysis.run_sft(Path(input), run))
     judges = describe_judges(df)
     plot_paths = write_plots(draw_plots(df), out_dir)
     document = record_analysis(result, identity, plot_paths)

@@ -1,5 +1,5 @@
 """The ``curate`` flow: the ``curate`` pipeline (``kernelbook_lib/pipelines/curate.py``: load ->
-families -> filter -> decontaminate -> screen -> judge -> dedupe -> split -> export), then its
+families -> filter -> decontaminate -> screen -> judge -> sft -> dedupe -> split -> export), then its
 analysis (the ``analyze`` subflow) before the run summary is written.
 
 Entry points: ``kernelbook curate`` (the CLI) and deployments (``prefect.yaml``); it takes one

@@ -44,6 +44,11 @@ FILTERED_DATA_DIR = Path("filtered") / "data"
 #: The columns the analysis reads (everything else, e.g. prompts and code, is never loaded).
 JUDGE_INFO_COLUMNS: tuple[str, ...] = ("judge", "judge_model", "judge_prompt_version")
 ANALYSIS_COLUMNS: tuple[str, ...] = ("reward", "difficulty", "style", *JUDGE_INFO_COLUMNS)
+#: The SFT lengths (``kernelbook_lib.sft``), read when the files have them (a run before the
+#: sft stage has none, and its analysis has no length section).
+LENGTH_COLUMNS: tuple[str, ...] = ("sft_chars", "sft_tokens")
+#: The length percentiles reported (nearest rank), then the maximum.
+LENGTH_PERCENTILES: tuple[int, ...] = (50, 90, 99)
 
 #: The three pairs analysed, as ``(name, x column, y column)``; x is the plots' horizontal axis.
 PAIRS: tuple[tuple[str, str, str], ...] = (
@@ -146,7 +151,7 @@ def load_judged(input_dir: Path, expected_counts: dict[str, int] | None = None) 
                 f"{path} lacks the judged column(s) {missing} the analysis needs; "
                 f"columns found: {list(schema)}"
             )
-        frame = pl.read_parquet(path, columns=list(ANALYSIS_COLUMNS))
+        frame = pl.read_parquet(path, columns=[*ANALYSIS_COLUMNS, *(c for c in (*LENGTH_COLUMNS, VERDICTS_COLUMN) if c in schema)])
         frames.append(frame.with_columns(pl.lit(split_of(path)).alias(SPLIT_COLUMN)))
     try:
         df = pl.concat(frames, how="vertical")
@@ -297,21 +302,103 @@ def reward_by_level(df: pl.DataFrame, column: str) -> list[dict[str, Any]]:
     ]
 
 
-def compute_analysis(df: pl.DataFrame) -> dict[str, Any]:
+def compute_analysis(df: pl.DataFrame, sft: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole analysis as a JSON-serialisable dict.
 
     ``{"n", "pairs": {"difficulty~reward"|"style~reward"|"difficulty~style": {...}},
     "by_difficulty": [...], "by_style": [...]}``; each pair is either
     ``{"n", "pearson": {"r", "p", "ci95", "strength", "direction", "significant"},
-    "spearman": {...}, "kendall": {...}}`` or ``{"n", "undefined": True, "reason"}``.
+    "spearman": {...}, "kendall": {...}}`` or ``{"n", "undefined": True, "reason"}``. When the
+    rows carry ``sft_chars``, also ``"sft_lengths"`` (:func:`sft_lengths`; ``sft`` is the run
+    summary's ``sft`` block, which names the completion form and the tokenizer).
     """
     check_analysis_columns(df)
-    return {
+    result = {
         "n": df.height,
         "pairs": {name: correlate(df, x, y) for name, x, y in PAIRS},
         "by_difficulty": reward_by_level(df, "difficulty"),
         "by_style": reward_by_level(df, "style"),
     }
+    if "sft_chars" in df.columns:
+        result["sft_lengths"] = sft_lengths(df, sft)
+    reliability = judge_reliability(df)
+    if reliability is not None:
+        result["reliability"] = reliability
+        correct_for_attenuation(result["pairs"], reliability)
+    return result
+
+
+#: The column of every verdict of a row (kernelbook_lib.judge_panel), read when a dataset has it.
+VERDICTS_COLUMN = "judge_verdicts"
+
+
+def judge_reliability(df: pl.DataFrame) -> dict[str, Any] | None:
+    """The judge's agreement over the rows that have several verdicts (None when none has)."""
+    if VERDICTS_COLUMN not in df.columns:
+        return None
+    from kernelbook_lib.reliability import reliability_report
+
+    return reliability_report([row or [] for row in df.get_column(VERDICTS_COLUMN).to_list()])
+
+
+def correct_for_attenuation(pairs: dict[str, Any], reliability: dict[str, Any]) -> None:
+    """Add to each defined pair its Pearson r corrected for the grades' unreliability (reward is
+    taken as exact) and whether a grade in it is unreliable (alpha below 0.4)."""
+    from kernelbook_lib.reliability import UNRELIABLE_BELOW, attenuation_corrected, grade_reliability
+
+    for name, x, y in PAIRS:
+        pair = pairs[name]
+        if pair.get("undefined"):
+            continue
+        rel = {c: (grade_reliability(reliability, c) if c in ("difficulty", "style") else 1.0) for c in (x, y)}
+        pair["reliability"] = {c: (None if v is None else round(v, 4)) for c, v in rel.items()}
+        pair["pearson"]["r_corrected"] = attenuation_corrected(pair["pearson"]["r"], rel[x], rel[y])
+        pair["unreliable"] = [c for c, v in rel.items() if v is not None and v < UNRELIABLE_BELOW]
+
+
+def length_stats(values: pl.Series) -> dict[str, int] | None:
+    """``{"n", "p50", "p90", "p99", "max"}`` of the non-null lengths (None when there are none).
+    Percentiles by nearest rank: p90 is the smallest length that at least 90 % of rows do not
+    exceed, always a length some row has."""
+    ordered = values.drop_nulls().cast(pl.Int64).sort().to_list()
+    if not ordered:
+        return None
+    n = len(ordered)
+    stats = {"n": n}
+    for q in LENGTH_PERCENTILES:
+        stats[f"p{q}"] = int(ordered[max(0, math.ceil(q / 100 * n) - 1)])
+    stats["max"] = int(ordered[-1])
+    return stats
+
+
+def sft_lengths(df: pl.DataFrame, sft: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The length distribution of the SFT text of the rows (``kernelbook_lib.sft``): characters
+    always, tokens when the run counted them, with the completion form, tokenizer and limit of
+    the run (``sft``: its summary's block; None for an unknown run)."""
+    sft = sft or {}
+    return {
+        "n": df.height,
+        "completion": sft.get("completion"),
+        "tokenizer": sft.get("tokenizer"),
+        "tokenizer_sha256": sft.get("tokenizer_sha256"),
+        "max_tokens": sft.get("max_tokens"),
+        "too_long": sft.get("too_long"),
+        "chars": length_stats(df.get_column("sft_chars")),
+        "tokens": length_stats(df.get_column("sft_tokens")) if "sft_tokens" in df.columns else None,
+    }
+
+
+def run_sft(input_dir: Path, run: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The ``sft`` block of the curate run analysed: ``run`` (the run writing the folder now),
+    else the folder's ``run_summary.json`` (None when it has none)."""
+    if run is not None:
+        return run.get("sft")
+    path = Path(input_dir) / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary.get("sft") if isinstance(summary, dict) else None
 
 
 def judge_info(df: pl.DataFrame) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from kernelbook_lib.analysis import PAIRS
 from kernelbook_lib.ledger import StageReport
 from kernelbook_lib.synthetic import SyntheticSummary
-from kernelbook_lib.summary import RunSummary, format_decontamination, format_families, format_screen
+from kernelbook_lib.summary import RunSummary, format_decontamination, format_families, format_screen, format_sft
 
 #: ``curate``: the stages table, the summary and a link per output folder.
 CURATE_STAGES_KEY = "curate-stages"
@@ -165,6 +165,7 @@ def summary_markdown(summary: RunSummary | SyntheticSummary, out_dir: str | Path
             *[(name, _dataset_line(name, counts, summary.near_dup)) for name, counts in summary.datasets.items()],
             *common_tail,
             ("kernel screen", format_screen(summary.screen).removeprefix("screen ") if summary.screen else "off (--screen off)"),
+            ("SFT", format_sft(summary.sft).removeprefix("sft: ") if summary.sft else "not recorded (a run before the sft stage)"),
             ("LLM", llm_line(summary.llm, "judged")),
             *timing,
         ]
@@ -228,7 +229,7 @@ def correlation_rows(analysis: Mapping[str, Any]) -> list[dict[str, Any]]:
         if pair.get("undefined"):
             rows.append({"pair": name, "n": pair["n"], "coefficient": None, "value": None, "ci95 low": None,
                          "ci95 high": None, "p": None, "strength": None, "direction": None, "significant": None,
-                         "note": pair["reason"]})
+                         "corrected for attenuation": None, "note": pair["reason"]})
             continue
         for coefficient in ("pearson", "spearman", "kendall"):
             c = pair[coefficient]
@@ -237,5 +238,7 @@ def correlation_rows(analysis: Mapping[str, Any]) -> list[dict[str, Any]]:
                          "ci95 low": None if ci[0] is None else round(ci[0], 4),
                          "ci95 high": None if ci[1] is None else round(ci[1], 4),
                          "p": c["p"], "strength": c["strength"], "direction": c["direction"],
-                         "significant": c["significant"], "note": ""})
+                         "significant": c["significant"],
+                         "corrected for attenuation": c.get("r_corrected") if coefficient == "pearson" else None,
+                         "note": "unreliable grade: " + ", ".join(pair["unreliable"]) if pair.get("unreliable") else ""})
     return rows

@@ -1,6 +1,6 @@
 """The Markdown sections of a dataset card's body, written from the run summary.
 
-How the data was made (source, filter, kernel screen, judge, dedupe rule, the split by
+How the data was made (source, filter, kernel screen, judge, SFT format, dedupe rule, the split by
 near-duplicate family or by problem, decontamination, the prompt generator), the rows per stage,
 the correlation table of the analysis and the run's warnings, as paragraphs that
 :mod:`kernelbook_lib.cards` puts together with the metadata into whole cards.
@@ -12,9 +12,7 @@ settings, so no key or token can reach a card.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from kernelbook_lib.errors import UserError
@@ -26,7 +24,6 @@ DEDUPE_RULE = (
     "`reward`, then the lower `example_id`, then the earlier row of the source"
 )
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 # --- small formatting helpers --------------------------------------------------------------
@@ -44,12 +41,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _is_hub_id(source: str) -> bool:
-    """``owner/name`` that is not a local path (the loader reads an existing path first)."""
-    return (
-        bool(_HUB_ID.match(source))
-        and not source.endswith((".parquet", ".jsonl", ".json"))
-        and not Path(source).expanduser().exists()
-    )
+    """``owner/name`` that is not a local path (the loader's rule: :func:`loading.is_hub_id`)."""
+    from kernelbook_lib.loading import is_hub_id
+
+    return is_hub_id(source)
 
 
 def public_source(source: str) -> str:
@@ -190,15 +185,107 @@ def _judged_body(kind: str, summary: Mapping[str, Any], splits: Mapping[str, int
         dedupe += " The `filtered` dataset itself is not deduplicated."
     parts.append(dedupe)
     parts += families_paragraphs(summary)
+    parts += sft_paragraphs(summary)
+    parts += reliability_paragraphs(summary)
+    last = "sft" if summary.get("sft") else "judge"
     parts.append(
-        "**Rows per stage.** The `filtered` dataset is the output of `judge`, split as above; the "
+        f"**Rows per stage.** The `filtered` dataset is the output of `{last}`, split as above; the "
         "`unique` dataset is the output of `dedupe`, split the same way.\n\n" + _stages_table(summary)
     )
     parts += _warnings(summary)
     if analysis is not None:
         parts.append("## Correlations of difficulty, style and reward")
         parts.append(_analysis_section(analysis))
+        if analysis.get("sft_lengths"):
+            parts.append("## SFT sequence lengths")
+            parts.append(sft_lengths_section(analysis["sft_lengths"]))
     return parts
+
+
+#: What the assistant message holds in each completion form (kernelbook_lib.sft; keep in step).
+COMPLETION_FORMS = {
+    "full": (
+        "as in the source: each message is `{role, content, reasoning}`, the reasoning in its own field (chat "
+        "templates that read only `content` do not train on it; `--completion reasoning-inline` puts it in the content)"
+    ),
+    "answer": (
+        "one assistant message whose content is the answer block only, `<answer>\\n{solution}\\n</answer>` (the "
+        "solution as the screen and the judge read it, code fences kept); the reasoning and the text around the block "
+        "are dropped, and the source's messages are in `completion_original`"
+    ),
+    "reasoning-inline": (
+        "every message as `{role, content}`; an assistant message with reasoning has it as a `<think>\\n...\\n</think>` "
+        "block before its content; the source's messages are in `completion_original`"
+    ),
+}
+
+
+def reliability_paragraphs(summary: Mapping[str, Any]) -> list[str]:
+    """The judge's reliability, when rows had several verdicts (``--judge-samples``, a panel)."""
+    report = summary.get("judge_reliability")
+    if not report:
+        return []
+    from kernelbook_lib.reliability import format_reliability
+
+    sample = report.get("reliability_sample")
+    where = f"a seeded random {sample} rows" if sample else "every row"
+    text = (
+        "## Judge reliability\n\n"
+        f"Judges {', '.join(f'`{j}`' for j in report.get('judges_asked') or report['judges'])}, "
+        f"{report.get('samples', 1)} sample(s) each, asked on {where}; measured on the {report['rows_measured']} rows with several "
+        "verdicts (`judge_verdicts` keeps every verdict; `difficulty` and `style` are their lower median). Ordinal "
+        "Krippendorff's alpha with a bootstrap 95 % interval; below 0.4 a grade is UNRELIABLE."
+        + (f" {report['verdicts_missing']} extra verdicts could not be had (failed calls)." if report.get("verdicts_missing") else "")
+        + "\n\n```\n" + "\n".join(format_reliability(report)) + "\n```"
+    )
+    return [text]
+
+
+def sft_paragraphs(summary: Mapping[str, Any]) -> list[str]:
+    """The SFT format of a judged dataset: the completion form, how lengths are counted, the limit."""
+    report = summary.get("sft")
+    if not report:
+        return []
+    form = report.get("completion")
+    text = (
+        "**SFT format.** `prompt` and `completion` are lists of `{role, content}` messages, the conversational "
+        f"prompt-completion format SFT trainers (TRL's `SFTTrainer`) read. Completion form `{form}`: "
+        f"{COMPLETION_FORMS.get(str(form), 'not documented')}. Every row has an answer: a reply without "
+        "`<answer>...</answer>` was rejected at load (`missing_answer`)."
+    )
+    text += (
+        f" `sft_chars` counts the characters of each row's chat-formatted text (format `{report.get('chat_format')}`: "
+        "every prompt message, then every completion message, as `<|role|>\\n{content}\\n`; a tokenizer file has no "
+        "chat template, so the model's own template adds a few tokens per message)."
+    )
+    tokenizer = report.get("tokenizer")
+    if tokenizer:
+        text += (
+            f" `sft_tokens` counts its tokens by `{_cell(tokenizer)}` (sha256 `{report.get('tokenizer_sha256')}`), "
+            "without special tokens."
+        )
+    else:
+        text += " `sft_tokens` is null: the run was given no tokenizer."
+    limit = report.get("max_tokens")
+    if limit:
+        text += f" Rows of more than {limit} tokens were rejected as `too_long` ({report.get('too_long', 0)} rows), before dedupe."
+    else:
+        text += " No length limit was applied."
+    return [text]
+
+
+def sft_lengths_section(lengths: Mapping[str, Any]) -> str:
+    """The analysis' length percentiles (nearest rank) of the dataset's SFT text."""
+    rows = []
+    for key, label in (("chars", "characters"), ("tokens", "tokens")):
+        stats = lengths.get(key)
+        if stats:
+            rows.append([label, stats["n"], stats["p50"], stats["p90"], stats["p99"], stats["max"]])
+    return (
+        f"Length of the chat-formatted prompt and completion (completion form `{lengths.get('completion')}`) over the "
+        f"n = {lengths.get('n', '-')} rows of the `filtered` dataset; percentiles by nearest rank.\n\n"
+        + _table(["length", "n", "p50", "p90", "p99", "max"], rows)
+    )
 
 
 def screen_paragraphs(summary: Mapping[str, Any]) -> list[str]:

@@ -74,7 +74,7 @@ DECLARED_COLUMNS: dict[str, dict[str, pl.DataType]] = {
 COLUMN_DOCS: dict[str, str] = {
     "example_id": "index of the problem in the eval run (several rollouts share it)",
     "prompt": "the chat messages given to the model (the task)",
-    "completion": "the model's reply; the Triton solution is inside `<answer>...</answer>` of the assistant message",
+    "completion": "the model's reply as the SFT target, in the completion form the card names under **SFT format** (`full`: as in the source, `reasoning` in its own field); the Triton solution is inside `<answer>...</answer>` of the assistant message",
     "task": "environment task name",
     "reward": "the eval environment's score for the rollout (correctness and speedup)",
     "generation_ms": "eval timing: generation (ms)",
@@ -97,6 +97,9 @@ COLUMN_DOCS: dict[str, str] = {
     "judge_prompt_tokens": "prompt tokens of the judge call (null for the static judge)",
     "judge_completion_tokens": "completion tokens of the judge call (null for the static judge)",
     "score": "`reward * difficulty * style` (the ranking used by the dedupe step)",
+    "completion_original": "the source's completion, untouched (`{role, content, reasoning}`), when `completion` was rewritten (`--completion answer` or `reasoning-inline`)",
+    "sft_chars": "characters of the row's chat-formatted text: every prompt message, then every completion message, as `<|role|>\\n{content}\\n`",
+    "sft_tokens": "tokens of the same text by the tokenizer the card names (no special tokens added); null when the run was given no `--tokenizer`",
     "module_name": "the PyTorch class name (from KernelBook)",
     "python_code": "the PyTorch reference module (from KernelBook), unchanged",
 }

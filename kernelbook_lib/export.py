@@ -86,9 +86,10 @@ def write_text(target: Path, text: str) -> None:
 
 
 def output_columns(frame: pl.DataFrame) -> list[str]:
-    """Source columns in their source order, then the judged columns; never internal ones."""
-    source = [c for c in frame.columns if not c.startswith("_") and c not in schema.JUDGED_SCHEMA]
-    return source + list(schema.JUDGED_SCHEMA)
+    """Source columns in their source order, then the judged columns, then the SFT columns the
+    frame has (``completion_original`` only when the completion was rewritten); never internal ones."""
+    source = [c for c in frame.columns if not c.startswith("_") and c not in schema.JUDGED_SCHEMA and c not in schema.SFT_SCHEMA]
+    return source + list(schema.JUDGED_SCHEMA) + [c for c in schema.SFT_SCHEMA if c in frame.columns]
 
 
 def to_output(frame: pl.DataFrame) -> pl.DataFrame:
@@ -178,7 +179,8 @@ def write_hub_dataset(frame: pl.DataFrame, folder: Path, kind: str, summary: Run
     parts = {split: to_output(frame.filter(pl.col(SPLIT_COLUMN) == split)) for split in ("train", "validation")}
     counts = {split: part.height for split, part in parts.items()}
     fields = summary.model_dump(mode="json")
-    write_dataset_folder(folder, parts, lambda files: render_dataset_card(kind, fields, counts, data_files=files))
+    columns = dict(parts["train"].schema)  # the card's columns table: what the files hold
+    write_dataset_folder(folder, parts, lambda files: render_dataset_card(kind, fields, counts, data_files=files, columns=columns))
     return counts
 
 

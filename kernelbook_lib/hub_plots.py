@@ -30,6 +30,7 @@ PLOT_CAPTIONS = {
     "correlation_analysis.png": "Correlations: scatter plots, reward by score, mean-reward heatmap",
     "joint_distribution.png": "Joint distribution of difficulty and style, coloured by reward",
     "reward_distribution.png": "Distribution of reward",
+    "sft_lengths.png": "SFT sequence lengths (chat-formatted prompt + completion)",
 }
 
 

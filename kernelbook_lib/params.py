@@ -42,7 +42,11 @@ KERNELBOOK_SOURCE = "GPUMODE/KernelBook"
 
 Judge = Literal["auto", "static", "llm"]
 Backend = Literal["auto", "llm", "template"]
+LLMMode = Literal["online", "batch"]
 TaskRunner = Literal["default", "dask"]
+#: The assistant message of the SFT rows (kernelbook_lib/sft.py): as the source has it, the
+#: <answer> block only, or the reasoning inlined as a <think> block before the content.
+CompletionForm = Literal["full", "answer", "reasoning-inline"]
 #: A Dask scheduler address: ``tcp://host:port`` (also tls, ucx) or a bare ``host:port``, which
 #: Dask reads as tcp (checked here before any work, and by ``tasks/runners.py`` for deployments).
 DASK_ADDRESS = re.compile(r"^((tcp|tls|ucx)://)?(\[[0-9a-fA-F:]+\]|[^\s/:\[\]]+)(:\d{1,5})?/?$")
@@ -88,6 +92,15 @@ _DECONTAMINATE = (
     "ScalingIntelligence/KernelBench) whose items must not be copied: matching rows are removed as "
     "'contaminated'. Repeatable (a list in a deployment)."
 )
+_LLM_MODE = (
+    "How the LLM stage sends its requests: online (one call per request, now) or batch (the provider's Batch "
+    "API: batch prices, results within 24 h; needs /v1/files and /v1/batches). Unset: the LLM_MODE setting "
+    "(default online)."
+)
+_NO_WAIT = (
+    "Batch mode only: submit the batches (or check on those already submitted) and exit with code 3 instead "
+    "of waiting; run the same command again without --no-wait to collect the results and finish."
+)
 
 
 class _CurateOptions(_Params):
@@ -104,6 +117,59 @@ class _CurateOptions(_Params):
     near_dup_threshold: float = Field(DEFAULT_NEAR_DUP_THRESHOLD, gt=0.0, le=1.0, description="Similarity (Jaccard of the normalised modules' shingles, above 0 and at most 1) at which two modules are one family, or a row copies a benchmark item.")
     decontaminate: list[str] | None = Field(None, json_schema_extra={"metavar": "SRC"}, description=_DECONTAMINATE)
     screen: ScreenMode = Field(DEFAULT_SCREEN, description="The kernel screen, before the judge: standard rejects solutions that are not Triton kernels (no kernel, none launched, PyTorch computes, reference bypass, cached or constant output) and flags partial conversions in kernel_flags; strict also rejects rows flagged partial, fallback or library; off runs no screen.")
+    judge_model: list[str] | None = Field(None, json_schema_extra={"metavar": "MODEL"}, description="The LLM judge's model; repeat for a panel of judges (the first is the primary, asked for every row; 'static' adds the offline static judge as a member). Unset: JUDGE_MODELS (comma-separated), else JUDGE_MODEL.")
+    judge_samples: int = Field(1, ge=1, le=20, description="Verdicts per row from each LLM judge (each its own cached call); a row's grades are the lower median of its verdicts, and the run reports the judge's agreement with itself.")
+    reliability_sample: str | None = Field(None, json_schema_extra={"metavar": "N|all"}, description="Ask for the extra samples and judges on a seeded random N rows only (all: on every row, the default), so reliability is measured without paying K times for every row.")
+    llm_mode: LLMMode | None = Field(None, description=_LLM_MODE)
+    no_wait: bool = Field(False, description=_NO_WAIT)
+    completion: CompletionForm = Field("full", description="The SFT completion: full (as the source has it); answer (the answer block only, no reasoning); reasoning-inline (the reasoning as a think block before the content). The source's messages stay in completion_original.")
+    tokenizer: str | None = Field(None, json_schema_extra={"metavar": "PATH"}, description="A local tokenizer.json (read with the tokenizers library, never downloaded): each row's tokens of its chat-formatted prompt and completion go in sft_tokens (characters, sft_chars, are always counted).")
+    max_sft_tokens: int | None = Field(None, ge=1, json_schema_extra={"metavar": "N"}, description="Reject rows of more than N sft_tokens as too_long (after the judge, before dedupe); needs --tokenizer.")
+
+    @field_validator("reliability_sample")
+    @classmethod
+    def _reliability_sample(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() == "all" or (value.strip().isdigit() and int(value) >= 1):
+            return value
+        raise ValueError("must be a number of rows (at least 1) or all")
+
+    @field_validator("judge_model")
+    @classmethod
+    def _judge_models(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = [v.strip() for v in value]
+        if not names or any(not n for n in names):
+            raise ValueError("a judge model name is empty")
+        if names[0] == "static":
+            raise ValueError("static can be a panel member, not the first (primary) judge: put an LLM model first")
+        if len(set(names)) != len(names):
+            raise ValueError(f"a judge is named twice ({', '.join(names)})")
+        return names
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_is_readable(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from kernelbook_lib import sft  # the tokenizers library: imported when a run is checked, not for --help
+
+        sft.load_tokenizer(value)  # ValueError: missing, a folder, or not a tokenizer.json
+        return value
+
+    @field_validator("max_sft_tokens")
+    @classmethod
+    def _max_sft_tokens_needs_a_tokenizer(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and "tokenizer" in info.data and info.data["tokenizer"] is None:
+            raise ValueError("--max-sft-tokens needs --tokenizer (a local tokenizer.json to count tokens with)")
+        return value
+
+
+def reliability_rows(value: str | None) -> int | None:
+    """``--reliability-sample``: None for every row, else the number of rows."""
+    if value is None or value.strip().lower() == "all":
+        return None
+    return int(value)
 
 
 class CurateParams(_CurateOptions):
@@ -154,6 +220,8 @@ class GenerateParams(_Params):
     limit: int | None = Field(None, ge=1, description="Generate for the first N families (distinct problems with --no-near-dup) only (test mode).")
     out: str = Field("outputs", description="Output folder (may be curate's: only the synthetic* outputs are written).")
     refresh: bool = Field(False, description="Ignore cached LLM replies and call again (the new replies replace the cached ones).")
+    llm_mode: LLMMode | None = Field(None, description=_LLM_MODE)
+    no_wait: bool = Field(False, description=_NO_WAIT)
     near_dup: bool = Field(True, description="One specification per near-duplicate family (default), or with --no-near-dup one per distinct problem.")
     near_dup_threshold: float = Field(DEFAULT_NEAR_DUP_THRESHOLD, gt=0.0, le=1.0, description="Similarity (Jaccard of the normalised modules' shingles, above 0 and at most 1) at which two modules are one family, or a module copies a benchmark item.")
     decontaminate: list[str] | None = Field(None, json_schema_extra={"metavar": "SRC"}, description=_DECONTAMINATE)
@@ -260,5 +328,7 @@ def preflight(pipeline: str, values: dict[str, Any]) -> Preflight:
         raise UserError(
             f"PRIME_API_KEY is not set: {option} needs an API key (environment or .env); use {offline} to run offline"
         )
+    if getattr(params, "no_wait", False) and (getattr(params, "llm_mode", None) or config.llm_mode) != "batch":
+        raise UserError("--no-wait needs batch mode: add --llm-mode batch (or set LLM_MODE=batch)")
     warning = settings.env_file_warning_once(env)
     return Preflight(params=params, warnings=(warning,) if warning else ())

@@ -25,10 +25,17 @@ from kernelbook_lib.export import atomic_path
 CORRELATION_PNG = "correlation_analysis.png"
 JOINT_PNG = "joint_distribution.png"
 REWARD_PNG = "reward_distribution.png"
+#: The plots of every analysis (the correlations).
 PLOT_FILES: tuple[str, ...] = (CORRELATION_PNG, JOINT_PNG, REWARD_PNG)
+#: The SFT length distribution: drawn when the rows carry ``sft_chars`` (every curate run since
+#: the sft stage; not an older folder's rows).
+SFT_LENGTHS_PNG = "sft_lengths.png"
+ALL_PLOT_FILES: tuple[str, ...] = (*PLOT_FILES, SFT_LENGTHS_PNG)
+#: The length columns a plot shows, when present.
+LENGTH_COLUMNS: tuple[str, ...] = ("sft_chars", "sft_tokens")
 
 #: Bump to draw every plot again whatever the key's other parts say.
-KEY_VERSION = "plots-v1"
+KEY_VERSION = "plots-v2"
 #: Modules whose source decides the pictures: the drawing, the statistics printed in the panels.
 DRAWING_MODULES: tuple[str, ...] = (
     "kernelbook_lib.plots",
@@ -41,9 +48,11 @@ DRAWING_LIBRARIES: tuple[str, ...] = ("plotnine", "matplotlib", "mizani", "panda
 
 
 def plot_data(df: pl.DataFrame) -> pl.DataFrame:
-    """The values the plots show, with the types they are drawn from."""
+    """The values the plots show, with the types they are drawn from (the SFT lengths when the
+    rows have them)."""
     return df.select(
-        pl.col("difficulty").cast(pl.Int64), pl.col("style").cast(pl.Int64), pl.col("reward").cast(pl.Float64)
+        pl.col("difficulty").cast(pl.Int64), pl.col("style").cast(pl.Int64), pl.col("reward").cast(pl.Float64),
+        *(pl.col(c).cast(pl.Int64) for c in LENGTH_COLUMNS if c in df.columns),
     )
 
 
@@ -74,19 +83,21 @@ def images_key(df: pl.DataFrame) -> str:
 
 
 def write_images(images: Mapping[str, bytes], out_dir: Path) -> list[Path]:
-    """Write the PNGs (each atomically) into ``out_dir``, in :data:`PLOT_FILES` order.
+    """Write the PNGs (each atomically) into ``out_dir``, in :data:`ALL_PLOT_FILES` order: every
+    one of :data:`PLOT_FILES`, and :data:`SFT_LENGTHS_PNG` when it was drawn.
 
-    With no images (no rows to plot), remove the plot files of an earlier run from ``out_dir``:
-    they would contradict the report next to them."""
+    A plot file of an earlier run that is not among ``images`` (all of them when there are no
+    rows to plot) is removed from ``out_dir``: it would contradict the report next to it."""
     out_dir = Path(out_dir)
-    if not images:
-        for name in PLOT_FILES:
+    if images and not set(PLOT_FILES) <= set(images) <= set(ALL_PLOT_FILES):
+        raise ValueError(f"expected the images {', '.join(PLOT_FILES)} (and optionally {SFT_LENGTHS_PNG}), got {', '.join(sorted(images))}")
+    for name in ALL_PLOT_FILES:
+        if name not in images:
             (out_dir / name).unlink(missing_ok=True)
-        return []
-    if set(images) != set(PLOT_FILES):
-        raise ValueError(f"expected the images {', '.join(PLOT_FILES)}, got {', '.join(sorted(images))}")
     paths = []
-    for name in PLOT_FILES:
+    for name in ALL_PLOT_FILES:
+        if name not in images:
+            continue
         with atomic_path(out_dir / name) as tmp:
             Path(tmp).write_bytes(images[name])
         paths.append(out_dir / name)

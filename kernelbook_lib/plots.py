@@ -9,6 +9,9 @@ Three figures, as in the original project's ``plots/`` folder:
 * ``joint_distribution.png``: every row at (difficulty, style), jittered so the many rows on the
   same integer point show, coloured by reward.
 * ``reward_distribution.png``: a histogram of reward with its mean and median.
+* ``sft_lengths.png`` (when the rows carry the SFT lengths): a histogram of each row's
+  chat-formatted prompt + completion length, in tokens when the run counted them, else in
+  characters, with p50, p90, p99 (nearest rank) and the maximum marked.
 
 Jitter is deterministic (:data:`JITTER_SEED`), so the same data gives the same pictures.
 Tiny or degenerate data (3 rows, a constant column) draws a note in place of a fitted line
@@ -62,11 +65,13 @@ from plotnine import (
 from scipy import stats
 
 from kernelbook_lib.analysis import (
+    LENGTH_PERCENTILES,
     PAIRS,
     SCORE_MAX,
     SCORE_MIN,
     check_analysis_columns,
     correlate,
+    length_stats,
 )
 from kernelbook_lib.errors import UserError
 from kernelbook_lib.plot_files import (  # noqa: F401  (the file names are part of this module's interface)
@@ -74,6 +79,7 @@ from kernelbook_lib.plot_files import (  # noqa: F401  (the file names are part 
     JOINT_PNG,
     PLOT_FILES,
     REWARD_PNG,
+    SFT_LENGTHS_PNG,
     plot_data,
     write_images,
 )
@@ -395,6 +401,50 @@ def reward_figure(pdf: pd.DataFrame) -> ggplot:
     )
 
 
+def sft_length_unit(df: pl.DataFrame) -> tuple[str, str] | None:
+    """``(column, unit)`` the length plot shows: tokens when counted, else characters; None when
+    the rows have no lengths."""
+    if "sft_tokens" in df.columns and df.get_column("sft_tokens").drop_nulls().len():
+        return "sft_tokens", "tokens"
+    if "sft_chars" in df.columns and df.get_column("sft_chars").drop_nulls().len():
+        return "sft_chars", "characters"
+    return None
+
+
+def sft_length_figure(df: pl.DataFrame) -> ggplot:
+    """Histogram of the SFT length with p50/p90/p99 (dashed) and the maximum (solid) marked."""
+    unit = sft_length_unit(df)
+    if unit is None:
+        raise UserError("no SFT lengths to plot")
+    column, word = unit
+    stats = length_stats(df.get_column(column))
+    assert stats is not None
+    pdf = pd.DataFrame({"length": df.get_column(column).drop_nulls().cast(pl.Float64).to_numpy()})
+    lo, hi = float(pdf["length"].min()), float(pdf["length"].max())
+    binwidth = (hi - lo) / 40 if hi > lo else 1.0
+    marks = pd.DataFrame(
+        [{"x": float(stats[f"p{q}"]), "label": f"p{q} {stats[f'p{q}']:,}"} for q in LENGTH_PERCENTILES]
+        + [{"x": float(stats["max"]), "label": f"max {stats['max']:,}"}]
+    )
+    constant_axis = [] if hi > lo else [coord_cartesian(xlim=(lo - 5, hi + 5))]
+    return (
+        ggplot(pdf, aes(x="length"))
+        + constant_axis
+        + geom_histogram(binwidth=binwidth, fill="#6baed6", color="white", size=0.2)
+        + geom_vline(marks.iloc[:-1], aes(xintercept="x"), color="#d62728", size=0.7, linetype="dashed")
+        + geom_vline(marks.iloc[-1:], aes(xintercept="x"), color="#d62728", size=0.9)
+        + labs(
+            x=f"Length of the chat-formatted prompt + completion ({word})",
+            y="Rows",
+            title=f"SFT sequence length in {word}",
+            subtitle=(
+                f"{_n(stats['n'])}; " + ", ".join(marks["label"]) + " (dashed: percentiles by nearest rank; solid: max)"
+            ),
+        )
+        + _theme((8, 5))
+    )
+
+
 def _png(figure: Any) -> bytes:
     """Draw a ggplot or composition as PNG bytes; always free the figure."""
     fig = figure.draw()
@@ -407,21 +457,26 @@ def _png(figure: Any) -> bytes:
 
 
 def render_plot_images(df: pl.DataFrame) -> dict[str, bytes]:
-    """The three analysis figures as PNG bytes, by file name (:data:`PLOT_FILES`).
+    """The analysis figures as PNG bytes, by file name (:data:`PLOT_FILES`, and
+    :data:`SFT_LENGTHS_PNG` when the rows carry their SFT lengths).
 
     The same values in the same order give the same bytes (seeded jitter), which is what lets
     ``tasks/analysis.py`` reuse them (:func:`kernelbook_lib.plot_files.images_key`)."""
     check_analysis_columns(df)
     if df.height == 0:
         raise UserError("no rows to plot")
-    pdf = plot_data(df).to_pandas()
-    return {
+    data = plot_data(df)
+    pdf = data.select("difficulty", "style", "reward").to_pandas()
+    images = {
         CORRELATION_PNG: _png(correlation_figure(pdf)),
         JOINT_PNG: _png(joint_figure(pdf)),
         REWARD_PNG: _png(reward_figure(pdf)),
     }
+    if sft_length_unit(data) is not None:
+        images[SFT_LENGTHS_PNG] = _png(sft_length_figure(data))
+    return images
 
 
 def render_plots(df: pl.DataFrame, out_dir: Path) -> list[Path]:
-    """Write the three analysis figures into ``out_dir``; returns their paths (PLOT_FILES order)."""
+    """Write the analysis figures into ``out_dir``; returns their paths (ALL_PLOT_FILES order)."""
     return write_images(render_plot_images(df), Path(out_dir))

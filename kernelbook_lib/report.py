@@ -17,6 +17,7 @@ PLOT_CAPTIONS = {
     "correlation_analysis.png": "Correlations: scatter plots, reward by score, mean-reward heatmap",
     "joint_distribution.png": "Joint distribution of difficulty and style, coloured by reward",
     "reward_distribution.png": "Distribution of reward",
+    "sft_lengths.png": "SFT sequence lengths (chat-formatted prompt + completion)",
 }
 
 COEFFICIENTS = (("pearson", "Pearson r"), ("spearman", "Spearman ρ"), ("kendall", "Kendall τ-b"))
@@ -136,6 +137,60 @@ def _judge_section(judge_info: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _sft_section(lengths: dict[str, Any] | None) -> list[str]:
+    """The length distribution of the SFT text (``analysis["sft_lengths"]``), if the rows have it."""
+    if not lengths:
+        return []
+    form = lengths.get("completion")
+    tokenizer = lengths.get("tokenizer")
+    limit = lengths.get("max_tokens")
+    lines = [
+        "## SFT sequence lengths",
+        "",
+        f"The length of each row's chat-formatted prompt and completion (every message as `<|role|>\\n{{content}}\\n`), "
+        f"with the completion in the form `{_cell(form) if form else 'not recorded'}`; percentiles by nearest rank "
+        "(p90 is the smallest length that 90 % of rows do not exceed). "
+        + (f"Tokens by `{_cell(tokenizer)}` (sha256 `{_cell(lengths.get('tokenizer_sha256'))}`), without special tokens. " if tokenizer
+           else "No tokenizer was given: characters only. ")
+        + (f"Rows of more than {limit:,} tokens were rejected as `too_long` ({lengths.get('too_long') or 0:,} rows) and are not counted here."
+           if limit else "No length limit was applied."),
+        "",
+        "| length | n | p50 | p90 | p99 | max |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in (("chars", "characters"), ("tokens", "tokens")):
+        stats = lengths.get(key)
+        if stats:
+            lines.append(f"| {label} | {stats['n']:,} | {stats['p50']:,} | {stats['p90']:,} | {stats['p99']:,} | {stats['max']:,} |")
+    if not lengths.get("chars"):
+        lines.append("| characters | 0 | – | – | – | – |")
+    return [*lines, ""]
+
+
+def _reliability_section(analysis: dict[str, Any]) -> list[str]:
+    """How far the judge agreed with itself and with the other judges, and the correlations with
+    reward corrected for it (only when rows had several verdicts)."""
+    reliability = analysis.get("reliability")
+    if not reliability:
+        return []
+    from kernelbook_lib.reliability import UNRELIABLE_BELOW, format_reliability
+
+    lines = ["## Judge reliability", "",
+             f"Measured on the {reliability['rows_measured']:,} rows with several verdicts (ordinal Krippendorff's alpha, "
+             f"bootstrap 95 % interval over rows; a grade with alpha below {UNRELIABLE_BELOW} is marked UNRELIABLE).", "",
+             "```", *format_reliability(reliability), "```", "",
+             "| pair | Pearson r | corrected for attenuation | reliability used | unreliable grade |", "|---|---:|---:|---|---|"]
+    for name, _x, _y in PAIRS:
+        pair = analysis["pairs"][name]
+        if pair.get("undefined") or "reliability" not in pair:
+            continue
+        corrected = pair["pearson"].get("r_corrected")
+        used = ", ".join(f"{c} {v}" for c, v in pair["reliability"].items() if c != "reward")
+        lines.append(f"| {name} | {_r(pair['pearson']['r'])} | {'–' if corrected is None else _r(corrected)} | {used or '–'} | "
+                     f"{', '.join(pair['unreliable']) or 'none'} |")
+    return [*lines, ""]
+
+
 def render_report(
     analysis: dict[str, Any],
     plot_paths: list[Path] | list[str],
@@ -179,6 +234,7 @@ def render_report(
         "",
         *_correlation_table(analysis["pairs"]),
         "",
+        *_reliability_section(analysis),
         "## Reward by difficulty",
         "",
         *_level_table(analysis["by_difficulty"], "difficulty"),
@@ -189,6 +245,7 @@ def render_report(
         "",
         "Standard deviations are sample standard deviations (– for a level with one row).",
         "",
+        *_sft_section(analysis.get("sft_lengths")),
         "## Plots",
         "",
     ]

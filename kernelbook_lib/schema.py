@@ -4,7 +4,9 @@ Three layers, patito-style: the *source* columns (what ``siro1/kernelbook-glm4-e
 described in ``shared/spec/source-schema.md``), the *internal* columns the pipeline derives at
 entry (prefixed ``_`` and never exported), and the *judged* columns every output row carries.
 
-Source columns pass through every stage unchanged: they are what SFT trainers consume.
+Source columns pass through every stage unchanged: they are what SFT trainers consume. The one
+exception is ``completion`` with ``--completion answer|reasoning-inline``: the ``sft`` stage
+rewrites it and keeps the source's messages in ``completion_original`` (the *SFT* columns).
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ JUDGED_SCHEMA: dict[str, pl.DataType] = {
     "judge_rationale": pl.String(),
     "judge_prompt_tokens": pl.Int64(),  # null for the static judge
     "judge_completion_tokens": pl.Int64(),  # null for the static judge
+    # Every verdict of the row (kernelbook_lib.judge_panel): one for a one-verdict judge, more with
+    # --judge-samples or a --judge-model panel; difficulty and style are their lower median.
+    "judge_verdicts": pl.List(pl.Struct({"judge": pl.String, "sample": pl.Int64, "difficulty": pl.Int64, "style": pl.Int64})),
     "score": pl.Float64(),  # reward * difficulty * style
 }
 
@@ -107,6 +112,21 @@ VERDICT_COLUMNS: tuple[str, ...] = (
     "judge_completion_tokens",
 )
 
+# --- the SFT columns (kernelbook_lib/sft.py), after the judged ones ------------------------
+
+COMPLETION_ORIGINAL = "completion_original"  # the source's completion, with --completion answer|reasoning-inline only
+SFT_CHARS = "sft_chars"  # characters of the chat-formatted prompt + completion (always)
+SFT_TOKENS = "sft_tokens"  # its tokens with --tokenizer; null without
+#: The SFT columns in their published order (``completion_original`` only when the completion
+#: is rewritten; ``sft_chars`` and ``sft_tokens`` in every judged dataset).
+SFT_SCHEMA: dict[str, pl.DataType] = {
+    COMPLETION_ORIGINAL: pl.List(COMPLETION_MESSAGE),
+    SFT_CHARS: pl.Int64(),
+    SFT_TOKENS: pl.Int64(),
+}
+#: The SFT columns every judged dataset carries, whatever the completion form.
+SFT_COLUMNS: tuple[str, ...] = (SFT_CHARS, SFT_TOKENS)
+
 # --- the drop ledger -------------------------------------------------------------------
 
 REJECTED_SCHEMA: dict[str, pl.DataType] = {
@@ -118,6 +138,10 @@ REJECTED_SCHEMA: dict[str, pl.DataType] = {
     "detail": pl.String(),
 }
 
-STAGES: tuple[str, ...] = ("load", "families", "filter", "decontaminate", "screen", "judge", "dedupe", "split")
+STAGES: tuple[str, ...] = ("load", "families", "filter", "decontaminate", "screen", "judge", "sft", "dedupe", "split")
 #: The stages of a run with ``--screen off`` (no screen stage).
 STAGES_UNSCREENED: tuple[str, ...] = tuple(s for s in STAGES if s != "screen")
+#: The stages of a summary written before the ``sft`` stage existed (it has no ``sft`` block):
+#: still read (an older output folder can be published), never written.
+STAGES_BEFORE_SFT: tuple[str, ...] = tuple(s for s in STAGES if s != "sft")
+STAGES_UNSCREENED_BEFORE_SFT: tuple[str, ...] = tuple(s for s in STAGES_UNSCREENED if s != "sft")

@@ -70,12 +70,24 @@ class RunSummary(BaseModel):
     #: The screen stage (kernelbook_lib.screening.screen_report): mode, version, rows rejected
     #: per kind, kept per flag, rates per reward band; None with --screen off (no stage).
     screen: dict[str, Any] | None = None
+    #: The sft stage (kernelbook_lib.sft.sft_stage): the completion form, the chat format the
+    #: lengths are measured on, the tokenizer file's name and sha256 (None without), the
+    #: --max-sft-tokens limit and the rows rejected as too_long. None only in a summary written
+    #: before the stage existed (whose stages then have no sft).
+    sft: dict[str, Any] | None = None
+    #: The judge's agreement (kernelbook_lib.reliability.reliability_report) when rows had several
+    #: verdicts (--judge-samples, a --judge-model panel); None with one verdict per row.
+    judge_reliability: dict[str, Any] | None = None
     llm: dict[str, Any] | None = None
     warnings: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _chain(self) -> RunSummary:
-        check_chain(self.stages, schema.STAGES if self.screen is not None else schema.STAGES_UNSCREENED)
+        if self.sft is not None:
+            expected = schema.STAGES if self.screen is not None else schema.STAGES_UNSCREENED
+        else:  # an older run's summary (no sft stage): still readable, e.g. to publish its folder
+            expected = schema.STAGES_BEFORE_SFT if self.screen is not None else schema.STAGES_UNSCREENED_BEFORE_SFT
+        check_chain(self.stages, expected)
         return self
 
 
@@ -93,11 +105,27 @@ def format_table(summary: RunSummary) -> str:
         lines += format_decontamination(summary.decontamination)
     if summary.screen:
         lines.append(format_screen(summary.screen))
+    if summary.sft:
+        lines.append(format_sft(summary.sft))
+    if summary.judge_reliability:
+        from kernelbook_lib.reliability import format_reliability
+
+        lines += format_reliability(summary.judge_reliability)
     for name, counts in summary.datasets.items():
         families = ((summary.near_dup or {}).get("by_dataset") or {}).get(name) or {}
         extra = f" ({families['families']} families)" if "families" in families else ""
         lines.append(f"{name}: train {counts.get('train', 0)}, validation {counts.get('validation', 0)}{extra}")
     return "\n".join(lines)
+
+
+def format_sft(report: dict[str, Any]) -> str:
+    """One line: the completion form, the tokenizer (name, start of its sha256) and the limit."""
+    tokenizer = report.get("tokenizer")
+    counted = (f"tokens by {tokenizer} (sha256 {str(report.get('tokenizer_sha256'))[:12]})" if tokenizer
+               else "characters only (no --tokenizer)")
+    limit = report.get("max_tokens")
+    limited = f"max {limit} tokens, {report.get('too_long', 0)} rows too long" if limit else "no length limit"
+    return f"sft: completion {report.get('completion')}, {counted}, {limited}"
 
 
 def format_families(near_dup: dict[str, Any]) -> str:
@@ -144,11 +172,18 @@ def format_llm(accounting: dict[str, Any]) -> str:
         f"cache hits {accounting.get('cache_hits', 0)}",
         f"failures {sum(failures.values())}" + (f" ({', '.join(f'{k} {v}' for k, v in failures.items())})" if failures else ""),
         f"calls {accounting.get('calls_made', 0)}",
-        f"tokens {accounting.get('prompt_tokens', 0)} in{_cached_share(accounting)} / {accounting.get('completion_tokens', 0)} out",
+        f"tokens {accounting.get('prompt_tokens', 0)} in{_cached_share(accounting)} / {accounting.get('completion_tokens', 0)} out"
+        + (f" ({accounting['reasoning_tokens']} reasoning)" if accounting.get("reasoning_tokens") else ""),
         f"cost {'$%.2f' % cost if cost is not None else 'n/a (set LLM_PRICE_*_PER_MTOK)'}",
         f"wall {accounting.get('wall_s', 0):.1f} s",
         f"{accounting.get('calls_per_s') or 0:.1f} calls/s",
     ]
+    if accounting.get("structured_output"):  # docs/llm.md, "Structured-output fallback"
+        parts.append(f"structured output {accounting['structured_output']}")
+    if accounting.get("mode") == "batch":  # docs/llm.md, "Batch mode"
+        batches = accounting.get("batches", 0)
+        parts.append(f"batch mode: {batches} batch{'' if batches == 1 else 'es'}, {accounting.get('bytes_uploaded', 0):,} bytes "
+                     f"uploaded, cost at {accounting.get('batch_price_factor')} x the online prices")
     return "llm: " + ", ".join(parts)
 
 

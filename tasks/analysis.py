@@ -69,9 +69,17 @@ def load_judged(input: str, run: dict | None = None) -> pl.DataFrame:
 
 
 @task(name="compute-analysis", **ANALYSIS_TASK)
-def compute_analysis(df: pl.DataFrame) -> dict:
-    result = analysis.compute_analysis(df)
+def compute_analysis(df: pl.DataFrame, sft: dict | None = None) -> dict:
+    """The statistics; ``sft``: the analysed run's ``sft`` block (completion form, tokenizer,
+    limit), which the length section names."""
+    result = analysis.compute_analysis(df, sft)
     logger = get_run_logger()
+    lengths = result.get("sft_lengths") or {}
+    for key, unit in (("chars", "characters"), ("tokens", "tokens")):
+        stats = lengths.get(key)
+        if stats:
+            logger.info(f"analysis: SFT length ({lengths.get('completion')}) in {unit}: p50 {stats['p50']}, p90 {stats['p90']}, "
+                        f"p99 {stats['p99']}, max {stats['max']}")
     if result["n"] == 0:
         logger.warning("analysis: the judged dataset has no rows: nothing to correlate or plot (the report says so)")
         return result

@@ -1,5 +1,5 @@
 """The ``curate`` pipeline: prepare-out -> load-benchmarks -> read-source -> load -> families ->
-filter -> decontaminate -> resolve-judge -> screen -> judge -> dedupe -> split, then its outputs
+filter -> decontaminate -> resolve-judge -> screen -> judge -> sft -> dedupe -> split, then its outputs
 (``filtered/``, ``unique/``, the JSONL files, ``rejected.jsonl`` and, last, ``run_summary.json``).
 
 Each stage is a small class; :data:`CURATE` declares the parameter model, the stages (built from
@@ -10,12 +10,14 @@ the parameters: ``--screen off`` has no screen) and the outputs. Nothing here kn
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import polars as pl
 
-from kernelbook_lib import export, judging, loading, schema, screening, stages
+from kernelbook_lib import export, judge_panel, judging, loading, schema, screening, sft, stages
 from kernelbook_lib.ledger import StageResult, empty_rejections
-from kernelbook_lib.params import CurateParams
+from kernelbook_lib.params import CurateParams, reliability_rows
+from kernelbook_lib.reliability import format_reliability, reliability_report
 from kernelbook_lib.pipeline import Outputs, Pipeline, Run, Stage, StageOutput, chunks
 from kernelbook_lib.pipelines.common import Decontaminate, Families, LoadBenchmarks, PrepareOut, ReadSource
 from kernelbook_lib.rubric import JUDGE_PROMPT_VERSION, JUDGE_TASK
@@ -123,16 +125,71 @@ class Judge(Stage):
             with run.progress("judge", needed.height) as progress:
                 verdicts = run.services.map(STATIC_CHUNK_TASK, judging.static_verdicts, parts, lambda part: part.height, progress)
             verdicts = pl.concat(verdicts) if parts else judging.static_verdicts(frame)
-            identity = {"judge": STATIC_JUDGE_NAME, "judge_model": None, "judge_prompt_version": None}
-            return StageOutput(judging.apply_verdicts(frame, verdicts), summary=identity)
+            identity = {"judge": STATIC_JUDGE_NAME, "judge_model": None, "judge_prompt_version": None, "judge_reliability": None}
+            return StageOutput(judging.apply_verdicts(frame, judge_panel.single_verdicts(verdicts, STATIC_JUDGE_NAME)), summary=identity)
         if judge == "llm":
-            model = load_settings().judge_model
-            requests = judging.llm_judge_requests(frame, model)
-            calls = run.services.llm(JUDGE_TASK, requests, run.params.refresh_judge, "judge")  # type: ignore[attr-defined]
-            result = judging.apply_verdicts(frame, judging.llm_verdicts(frame, calls.outcomes, model))
-            identity = {"judge": judging.LLM_JUDGE_NAME, "judge_model": model, "judge_prompt_version": JUDGE_PROMPT_VERSION}
-            return StageOutput(result, summary={**identity, "llm": calls.accounting})
+            panel = judge_panel_of(run.params)  # type: ignore[arg-type]
+            refresh = run.params.refresh_judge  # type: ignore[attr-defined]
+            if panel.single:
+                model = panel.judges[0]
+                requests = judging.llm_judge_requests(frame, model)
+                calls = run.services.llm(JUDGE_TASK, requests, refresh, "judge")
+                verdicts = judge_panel.single_verdicts(judging.llm_verdicts(frame, calls.outcomes, model))
+                result, reliability = judging.apply_verdicts(frame, verdicts), None
+            else:
+                slots, requests = judge_panel.plan(frame, panel)
+                run.log(f"judge: {len(requests)} verdicts asked for {frame.height} rows (judges {', '.join(panel.judges)}, "
+                        f"{panel.samples} sample(s) each, on {len(panel.sampled_rows(frame.get_column(schema.ROW).to_list()))} rows)")
+                calls = run.services.llm(JUDGE_TASK, requests, refresh, "judge")
+                verdicts, missing = judge_panel.panel_verdicts(frame, panel, slots, calls.outcomes)
+                result = judging.apply_verdicts(frame, verdicts)
+                reliability = reliability_of(result.frame, panel, missing)
+                for line in format_reliability(reliability):
+                    run.log(line)
+            identity = {"judge": judging.LLM_JUDGE_NAME if panel.single else judge_panel.PANEL_JUDGE_NAME,
+                        "judge_model": ", ".join(panel.judges), "judge_prompt_version": JUDGE_PROMPT_VERSION}
+            return StageOutput(result, summary={**identity, "llm": calls.accounting, "judge_reliability": reliability})
         raise ValueError(f"unknown judge {judge!r}")
+
+
+def judge_panel_of(params: CurateParams) -> judge_panel.Panel:
+    """The judges, samples and reliability sample of a run (``--judge-model`` wins over
+    JUDGE_MODELS, which wins over JUDGE_MODEL)."""
+    settings = load_settings()
+    judges = params.judge_model or [m.strip() for m in (settings.judge_models or "").split(",") if m.strip()] or [settings.judge_model]
+    return judge_panel.Panel(tuple(judges), params.judge_samples, reliability_rows(params.reliability_sample), params.seed)
+
+
+def reliability_of(judged: pl.DataFrame, panel: judge_panel.Panel, missing: int) -> dict | None:
+    """The summary's ``judge_reliability``: the agreement of the judged rows' verdicts, what was
+    asked for, and the verdicts that could not be had."""
+    rows = [row or [] for row in judged.get_column(judge_panel.VERDICTS).to_list()]
+    report = reliability_report(rows)
+    if report is None:
+        return None
+    return {**report, "judges_asked": list(panel.judges), "samples": panel.samples,
+            "reliability_sample": panel.reliability_sample, "verdicts_missing": missing}
+
+
+class Sft(Stage):
+    """The SFT form of every judged row (``--completion``), its lengths (``sft_chars``; with
+    ``--tokenizer`` ``sft_tokens``) and, with ``--max-sft-tokens``, the rows too long rejected as
+    ``too_long``. After the judge (so the judge reads the source's completion) and before dedupe
+    (so dedupe never picks a row that is then dropped): ``filtered`` is its output."""
+
+    name = "sft"
+
+    def run(self, frame: pl.DataFrame | None, run: Run) -> StageOutput:
+        assert frame is not None
+        p = run.params
+        started = time.perf_counter()
+        counting = p.tokenizer is not None  # type: ignore[attr-defined]
+        with run.progress("sft tokens", frame.height) if counting else nullcontext() as progress:
+            result = sft.sft_stage(frame, p.completion, p.tokenizer, p.max_sft_tokens, progress)  # type: ignore[attr-defined]
+        wall = time.perf_counter() - started
+        if counting:
+            run.log(f"sft: counted the tokens of {frame.height} rows in {wall:.1f} s ({frame.height / wall if wall else 0:,.0f} rows/s)")
+        return StageOutput(result.result, summary={"sft": result.report})
 
 
 class Dedupe(Stage):
@@ -149,7 +206,8 @@ class Dedupe(Stage):
 
 class Split(Stage):
     """Train/validation by family for both datasets (the same family, the same split), refusing
-    a leak; counts each dataset's problems and families."""
+    a leak; counts each dataset's problems and families. ``filtered`` is the sft stage's rows,
+    ``unique`` dedupe's."""
 
     name = "split"
 
@@ -157,7 +215,7 @@ class Split(Stage):
         assert frame is not None
         p = run.params
         result = stages.split_stage(frame, p.seed, p.val_fraction)  # type: ignore[attr-defined]
-        filtered = stages.assign_splits(run.result("judge").frame, p.seed, p.val_fraction)  # type: ignore[attr-defined]
+        filtered = stages.assign_splits(run.result("sft").frame, p.seed, p.val_fraction)  # type: ignore[attr-defined]
         stages.check_splits(filtered=filtered, unique=result.frame)
         by_dataset = {"filtered": stages.family_counts(filtered), "unique": stages.family_counts(result.frame)}
         return StageOutput(result, facts={"filtered": filtered, "by_dataset": by_dataset})
@@ -167,7 +225,7 @@ def curate_stages(params: CurateParams) -> list[Stage]:
     screen: Stage = MarkUnscreened() if params.screen == "off" else Screen()
     return [
         PrepareOut(export.SUMMARY_FILE), LoadBenchmarks(), ReadSource(), Load(), Families(), Filter(), Decontaminate(),
-        ResolveJudge(), screen, Judge(), Dedupe(), Split(),
+        ResolveJudge(), screen, Judge(), Sft(), Dedupe(), Split(),
     ]
 
 
@@ -182,7 +240,8 @@ def write_curate(run: Run) -> RunSummary:
         group_by=p.group_by, seed=p.seed, val_fraction=p.val_fraction, started_at=run.summary["started_at"],
         stages=reports, warnings=empty_result_warnings(reports),
         near_dup={**run.summary["near_dup"], "by_dataset": run.facts["by_dataset"]},
-        decontamination=run.summary["decontamination"], screen=run.summary["screen"],
+        decontamination=run.summary["decontamination"], screen=run.summary["screen"], sft=run.summary["sft"],
+        judge_reliability=run.summary["judge_reliability"],
     )
     if "llm" in run.summary:
         fields["llm"] = run.summary["llm"]

@@ -50,7 +50,8 @@ def test_datasets_load_with_both_splits_and_all_columns(sample_run):
         ds = datasets.load_dataset(str(out / name))
         assert set(ds) == {"train", "validation"}
         assert ds["train"].num_rows > 0 and ds["validation"].num_rows > 0
-        assert ds["train"].column_names == source_columns + list(schema.JUDGED_SCHEMA)
+        # The default (--completion full, no --tokenizer) adds only the SFT lengths, after the judged columns.
+        assert ds["train"].column_names == source_columns + list(schema.JUDGED_SCHEMA) + list(schema.SFT_COLUMNS)
         assert (out / name / "README.md").read_text().startswith("---")
 
 
@@ -70,7 +71,7 @@ def test_counts_reconcile_and_every_dropped_row_is_in_the_ledger(sample_run):
     out, output = sample_run
     summary = json.loads((out / "run_summary.json").read_text())
     stages = summary["stages"]
-    assert [s["name"] for s in stages] == ["load", "families", "filter", "decontaminate", "screen", "judge", "dedupe", "split"]
+    assert [s["name"] for s in stages] == ["load", "families", "filter", "decontaminate", "screen", "judge", "sft", "dedupe", "split"]
     for stage in stages:
         assert stage["rows_in"] == stage["rows_out"] + sum(stage["dropped"].values())
     source_rows = pl.read_parquet(loading.SAMPLE_PATH).height
@@ -78,11 +79,12 @@ def test_counts_reconcile_and_every_dropped_row_is_in_the_ledger(sample_run):
     rejected = read_jsonl(out / "rejected.jsonl")
     assert stages[0]["rows_in"] == source_rows
     assert len(filtered) + len(rejected) == source_rows  # every source row is accounted for once
-    assert len(read_jsonl(out / "unique_dataset.jsonl")) == stages[6]["rows_out"]
+    assert len(read_jsonl(out / "unique_dataset.jsonl")) == {s["name"]: s for s in stages}["dedupe"]["rows_out"]
     assert summary["datasets"]["filtered"]["train"] + summary["datasets"]["filtered"]["validation"] == len(filtered)
     # The table printed at the end shows each stage.
-    for name in ("load", "families", "filter", "decontaminate", "screen", "judge", "dedupe", "split"):
+    for name in ("load", "families", "filter", "decontaminate", "screen", "judge", "sft", "dedupe", "split"):
         assert name in output
+    assert "sft: completion full, characters only (no --tokenizer), no length limit" in output
 
 
 def test_every_kind_of_bad_sample_row_is_rejected_with_its_reason(sample_run):
@@ -104,6 +106,45 @@ def test_static_judge_columns_are_labelled(sample_run):
     assert frame["judge"].unique().to_list() == ["static-ast-v1"]
     assert frame["difficulty"].is_between(0, 10).all() and frame["style"].is_between(0, 10).all()
     assert (frame["score"] - frame["reward"] * frame["difficulty"] * frame["style"]).abs().max() < 1e-9
+
+
+def test_the_default_datasets_are_sft_ready_and_carry_the_source_messages_unchanged(sample_run):
+    """--completion full: every row of both datasets, loaded with ``datasets``, is a
+    conversational prompt-completion example, and prompt and completion are the source's own
+    messages (only sft_chars and sft_tokens are new); the summary and the card say so."""
+    import datasets
+
+    from kernelbook_lib import sft
+    from tests.lib.test_sft import trl_problems
+
+    out, _ = sample_run
+    source = pl.read_parquet(loading.SAMPLE_PATH)
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["sft"] == {"completion": "full", "chat_format": sft.CHAT_FORMAT, "tokenizer": None, "tokenizer_sha256": None,
+                              "max_tokens": None, "too_long": 0}
+    by_example = {}
+    for row in source.iter_rows(named=True):
+        by_example.setdefault((row["example_id"], row["reward"]), []).append(row)
+    for name in ("filtered", "unique"):
+        for split, ds in datasets.load_dataset(str(out / name)).items():
+            assert "completion_original" not in ds.column_names
+            for row in ds:
+                assert trl_problems(row["prompt"], row["completion"], "full") == [], (name, split, row["example_id"])
+                assert row["sft_chars"] == len(sft.format_messages(row["prompt"] + row["completion"])) and row["sft_tokens"] is None
+                assert any(row["prompt"] == s["prompt"] and row["completion"] == s["completion"]
+                           for s in by_example[(row["example_id"], row["reward"])])
+        card = (out / name / "README.md").read_text()
+        assert "Completion form `full`" in card and "`sft_tokens` is null: the run was given no tokenizer" in card
+
+
+def test_a_missing_tokenizer_is_one_line_before_any_work(tmp_path):
+    result = CliRunner().invoke(app, ["curate", "--source", "sample", "--judge", "static", "--tokenizer", str(tmp_path / "tokenizer.json"),
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"error: --tokenizer {tmp_path / 'tokenizer.json'}: no such file")
+    assert not (tmp_path / "o").exists()  # nothing was started or written
+    result = CliRunner().invoke(app, ["curate", "--source", "sample", "--max-sft-tokens", "100", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--max-sft-tokens needs --tokenizer" in result.output
 
 
 def test_missing_column_exits_2_with_one_clear_message(tmp_path):

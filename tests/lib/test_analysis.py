@@ -48,6 +48,7 @@ def judged(
             "judge_rationale": ["because"] * n,
             "judge_prompt_tokens": [100] * n,
             "judge_completion_tokens": [20] * n,
+            "judge_verdicts": [[{"judge": judge_model or judge, "sample": 0, "difficulty": d, "style": st}] for d, st in zip(difficulty, style)],
             "score": [None] * n,
         },
         schema={"example_id": pl.Int64, "reward": pl.Float64, **JUDGED_SCHEMA},

@@ -56,6 +56,7 @@ def judged_frame(problems: list[int], rollouts: int = 2) -> pl.DataFrame:
             "judge_rationale": ["elementwise; tidy"] * n,
             "judge_prompt_tokens": [None] * n,
             "judge_completion_tokens": [None] * n,
+            "judge_verdicts": [[{"judge": "static-ast-v1", "sample": 0, "difficulty": 3, "style": 5}]] * n,
             "score": [r["reward"] * 15 for r in rows],
         },
         schema=schema.JUDGED_SCHEMA,

@@ -96,6 +96,21 @@ def test_preflight_checks_the_settings(monkeypatch):
         params.preflight("curate", {"source": "sample"})
 
 
+def test_no_wait_needs_batch_mode_from_the_option_or_the_setting(monkeypatch):
+    monkeypatch.delenv("LLM_MODE", raising=False)
+    for pipeline in ("curate", "re-evaluate", "generate-prompts"):
+        assert params.validate_params(pipeline, {"source": "sample"}).llm_mode is None  # unset: LLM_MODE decides
+        with pytest.raises(UserError, match="--no-wait needs batch mode"):
+            params.preflight(pipeline, {"source": "sample", "no_wait": True})
+        params.preflight(pipeline, {"source": "sample", "no_wait": True, "llm_mode": "batch"})
+        with pytest.raises(UserError, match="--llm-mode"):
+            params.validate_params(pipeline, {"source": "sample", "llm_mode": "offline"})
+    monkeypatch.setenv("LLM_MODE", "batch")
+    params.preflight("curate", {"source": "sample", "no_wait": True})
+    with pytest.raises(UserError, match="--no-wait needs batch mode"):
+        params.preflight("curate", {"source": "sample", "no_wait": True, "llm_mode": "online"})
+
+
 #: The model of each flow a deployment may name (a deployment of another flow fails the test below).
 DEPLOYABLE = {
     "flows/curate.py:curate": "curate",
