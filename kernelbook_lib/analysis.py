@@ -385,6 +385,8 @@ def sft_lengths(df: pl.DataFrame, sft: dict[str, Any] | None = None) -> dict[str
         "too_long": sft.get("too_long"),
         "chars": length_stats(df.get_column("sft_chars")),
         "tokens": length_stats(df.get_column("sft_tokens")) if "sft_tokens" in df.columns else None,
+        # Characters of the same rows in every completion form (before --max-sft-tokens), from the sft stage.
+        "chars_by_form": sft.get("chars_by_form"),
     }
 
 

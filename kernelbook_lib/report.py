@@ -164,6 +164,14 @@ def _sft_section(lengths: dict[str, Any] | None) -> list[str]:
             lines.append(f"| {label} | {stats['n']:,} | {stats['p50']:,} | {stats['p90']:,} | {stats['p99']:,} | {stats['max']:,} |")
     if not lengths.get("chars"):
         lines.append("| characters | 0 | – | – | – | – |")
+    by_form = lengths.get("chars_by_form") or {}
+    if by_form:
+        lines += ["", "Characters of the judged rows in each completion form (`--completion`; before any `--max-sft-tokens`):", "",
+                  "| completion form | n | p50 | p90 | p99 | max |", "|---|---:|---:|---:|---:|---:|"]
+        for form, stats in by_form.items():
+            if stats:
+                lines.append(f"| `{form}`{' (this dataset)' if form == lengths.get('completion') else ''} | {stats['n']:,} | "
+                             f"{stats['p50']:,} | {stats['p90']:,} | {stats['p99']:,} | {stats['max']:,} |")
     return [*lines, ""]
 
 

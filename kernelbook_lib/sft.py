@@ -204,6 +204,15 @@ def add_lengths(frame: pl.DataFrame, tokenizer: Tokenizer | None = None, progres
 # --- the stage ------------------------------------------------------------------------------
 
 
+def chars_by_form(frame: pl.DataFrame) -> dict[str, dict[str, int] | None]:
+    """The character-length percentiles of the stage's rows in every completion form (cheap:
+    characters are summed per message), so a user can choose a form by its length; tokens are
+    counted for the form the run writes only."""
+    from kernelbook_lib.analysis import length_stats
+
+    return {form: length_stats(rewrite_completion(frame, form).select(chat_chars()).to_series()) for form in COMPLETION_FORMS}
+
+
 @dataclass(frozen=True)
 class SftStage:
     """The ``sft`` stage's rows and ledger, and the summary's ``sft`` block."""
@@ -234,6 +243,7 @@ def sft_stage(frame: pl.DataFrame, form: str = "full", tokenizer: str | None = N
         "tokenizer_sha256": file_sha256(tokenizer) if tokenizer is not None else None,
         "max_tokens": max_tokens,
         "too_long": rejected.height,
+        "chars_by_form": chars_by_form(frame),
     }
     return SftStage(StageResult.of(STAGE, frame.height, out, rejected), report)
 

@@ -113,7 +113,8 @@ def test_the_summary_analysis_and_cards_name_the_form_tokenizer_and_limit(runs, 
     out, summary = runs["answer"]
     assert summary["sft"] == {"completion": "answer", "chat_format": sft.CHAT_FORMAT, "tokenizer": "tokenizer.json",
                               "tokenizer_sha256": export.file_sha256(tokenizer_file), "max_tokens": summary["sft"]["max_tokens"],
-                              "too_long": summary["sft"]["too_long"]}
+                              "too_long": summary["sft"]["too_long"], "chars_by_form": summary["sft"]["chars_by_form"]}
+    assert set(summary["sft"]["chars_by_form"]) == {"full", "answer", "reasoning-inline"}
     analysis = json.loads((out / "analysis" / "analysis.json").read_text())
     lengths = analysis["sft_lengths"]
     assert lengths["completion"] == "answer" and lengths["tokenizer"] == "tokenizer.json"

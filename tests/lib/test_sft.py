@@ -199,6 +199,7 @@ def test_max_tokens_rejects_longer_rows_and_the_ledger_reconciles(frame, tokeniz
     assert stage.report == {
         "completion": "full", "chat_format": sft.CHAT_FORMAT, "tokenizer": "tokenizer.json",
         "tokenizer_sha256": export.file_sha256(tokenizer_file), "max_tokens": limit, "too_long": rejected.height,
+        "chars_by_form": sft.chars_by_form(frame),
     }
 
 
@@ -339,3 +340,14 @@ def test_the_card_says_which_form_tokenizer_and_limit_the_dataset_used(form):
     assert "rejected at load (`missing_answer`)" in text and "The `filtered` dataset is the output of `sft`" in text
     assert "## SFT sequence lengths" in text and "| characters | 5 | 10 | 20 | 30 | 40 |" in text
     assert ("`completion_original`" in text) == (form != "full")
+
+
+def test_the_stage_reports_the_characters_of_every_completion_form(frame):
+    """A user chooses a form by its length: the summary gives each form's percentiles, whichever
+    form the run writes (they are the characters each rewrite would have)."""
+    report = sft.sft_stage(frame, "answer").report
+    assert set(report["chars_by_form"]) == set(sft.COMPLETION_FORMS)
+    for form in sft.COMPLETION_FORMS:
+        lengths = sft.add_lengths(sft.rewrite_completion(frame, form)).get_column(schema.SFT_CHARS)
+        assert report["chars_by_form"][form] == analysis.length_stats(lengths)
+    assert report["chars_by_form"]["answer"]["max"] <= report["chars_by_form"]["full"]["max"] <= report["chars_by_form"]["reasoning-inline"]["max"]
