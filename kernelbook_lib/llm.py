@@ -270,7 +270,11 @@ INVALID_REPLY = "invalid_reply"  # the task's parse rejected the reply
 BAD_REQUEST = "bad_request"  # 400, 409, 413, 422 and other 4xx
 NOT_FOUND = "not_found"  # 404 (usually a wrong model name or base URL)
 AUTH = "auth"  # 401/403: stops the whole run
-PROMPT_TOO_LONG = "prompt_too_long"  # never sent
+PROMPT_TOO_LONG = "prompt_too_long"  # over LLM_MAX_PROMPT_CHARS (never sent), or refused by the server as over the model's context
+#: What a server's refusal of a prompt longer than the model's context says (checked on 4xx bodies).
+_CONTEXT_WORDS = re.compile(
+    r"context[_ ]length[_ ]exceeded|exceed(s|ed)?[_ ](the[_ ])?(available[_ ])?context|maximum context length|"
+    r"context window|prompt is too long|too many (input )?tokens", re.IGNORECASE)
 UNEXPECTED = "unexpected_error"
 #: ``finish_reason: "length"``: the reply was cut at the token budget. Re-sent at once with a
 #: larger budget when LLM_MAX_COMPLETION_TOKENS is set (see ``LENGTH_RETRIES``), else recorded.
@@ -429,6 +433,11 @@ def classify(exc: BaseException, *, secrets: Iterable[str | None] = (),
         text = json.dumps(body, default=str) if isinstance(body, (dict, list)) else str(body or exc.message or "")
         if "response_format" in sent and status not in (401, 403, 404, 408, 429) and _FORMAT_WORDS.search(text):
             return Failure(FORMAT_REJECTED, False, None, detail, status)
+        if status in (400, 413, 422) and _CONTEXT_WORDS.search(text):
+            # The server refused a prompt longer than the model's context (llama.cpp's
+            # exceed_context_size_error, OpenAI's and llama-cpp-python's context_length_exceeded):
+            # the row's prompt is too long, as one over LLM_MAX_PROMPT_CHARS is; never retried.
+            return Failure(PROMPT_TOO_LONG, False, None, detail, status)
         if status in (400, 422) and (param := _named_parameter(body, text, sent)) is not None:
             return Failure(UNSUPPORTED_PARAMETER, False, None, detail, status, param)
         if status == 429:

@@ -143,10 +143,11 @@ def _status_error(status: int, body: dict):
            "code": "unsupported_value"}, ["response_format", "temperature"], llm.UNSUPPORTED_PARAMETER, "temperature"),
     (422, {"message": "1 validation error: reasoning_effort: Extra inputs are not permitted"},
      ["reasoning_effort"], llm.UNSUPPORTED_PARAMETER, "reasoning_effort"),
-    # One long prompt leaving too little room for the budget: that row's problem, not a setting's.
+    # One long prompt leaving too little room for the budget: that row's prompt is too long for the
+    # context, not a setting to change.
     (400, {"message": "'max_tokens' or 'max_completion_tokens' is too large: 1000. This model's maximum context "
                       "length is 8192 tokens and your request has 7500 input tokens"},
-     ["response_format", "max_completion_tokens"], llm.BAD_REQUEST, None),
+     ["response_format", "max_completion_tokens"], llm.PROMPT_TOO_LONG, None),
     (400, {"message": "Unsupported parameter: 'temperature'", "param": "temperature"}, ["response_format"],
      llm.BAD_REQUEST, None),  # not sent by us: not ours to fix
     (500, {"message": "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be "
@@ -155,6 +156,12 @@ def _status_error(status: int, body: dict):
            "param": "response_format"}, ["response_format", "max_tokens"], llm.FORMAT_REJECTED, None),
     (500, {"message": "response_format json_schema blew up"}, ["max_tokens"], llm.SERVER_ERROR, None),  # none sent
     (503, {"message": "overloaded"}, ["response_format"], llm.SERVER_ERROR, None),
+    # A prompt over the model's context, as llama.cpp's llama-server and llama-cpp-python's server
+    # (and OpenAI) refuse it: the row's prompt is too long, never retried, never a setting to change.
+    (400, {"message": "request (30687 tokens) exceeds the available context size (8192 tokens), try increasing it",
+           "type": "exceed_context_size_error"}, ["response_format", "max_tokens"], llm.PROMPT_TOO_LONG, None),
+    (400, {"message": "This model's maximum context length is 8192 tokens. However, you requested 30805 tokens.",
+           "code": "context_length_exceeded"}, ["response_format", "max_tokens"], llm.PROMPT_TOO_LONG, None),
 ])
 def test_refused_parameters_and_response_formats_are_told_apart(status, body, sent, kind, param):
     failure = llm.classify(_status_error(status, body), sent=sent)
