@@ -121,7 +121,9 @@ def test_the_default_datasets_are_sft_ready_and_carry_the_source_messages_unchan
     source = pl.read_parquet(loading.SAMPLE_PATH)
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["sft"] == {"completion": "full", "chat_format": sft.CHAT_FORMAT, "tokenizer": None, "tokenizer_sha256": None,
-                              "max_tokens": None, "too_long": 0}
+                              "max_tokens": None, "too_long": 0, "chars_by_form": summary["sft"]["chars_by_form"]}
+    judged = next(s for s in summary["stages"] if s["name"] == "judge")["rows_out"]
+    assert all(stats["n"] == judged for stats in summary["sft"]["chars_by_form"].values())
     by_example = {}
     for row in source.iter_rows(named=True):
         by_example.setdefault((row["example_id"], row["reward"]), []).append(row)
