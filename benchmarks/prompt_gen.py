@@ -87,12 +87,12 @@ def worker_template_flow(src: str, out: str) -> None:
 def worker_template_library(src: str) -> None:
     import polars as pl
 
-    from kernelbook_lib import loading, prompt_gen, synthetic
+    from kernelbook_lib import loading, prompt_dataset, prompt_gen
 
     start = time.perf_counter()
-    prepared = synthetic.prepare(loading.LoadedSource(pl.read_parquet(src), src))
+    prepared = prompt_dataset.prepare(loading.LoadedSource(pl.read_parquet(src), src))
     t_load = time.perf_counter()
-    dedupe = synthetic.dedupe_problems(prepared.result.frame)
+    dedupe = prompt_dataset.dedupe_problems(prepared.result.frame)
     specs = prompt_gen.template_spec_rows(dedupe.frame)
     result = prompt_gen.apply_specs(dedupe.frame, specs)
     end = time.perf_counter()

@@ -369,7 +369,7 @@ def _generate_flow():
 
 
 def _show_synthetic_summary(summary: dict) -> None:
-    from kernelbook_lib.synthetic import SyntheticSummary, format_summary
+    from kernelbook_lib.prompt_dataset import SyntheticSummary, format_summary
 
     summary = SyntheticSummary.model_validate(summary)
     typer.echo(format_summary(summary))

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from kernelbook_lib.analysis import PAIRS
 from kernelbook_lib.ledger import StageReport
-from kernelbook_lib.synthetic import SyntheticSummary
+from kernelbook_lib.prompt_dataset import SyntheticSummary
 from kernelbook_lib.summary import RunSummary, format_decontamination, format_families, format_screen, format_sft
 
 #: ``curate``: the stages table, the summary and a link per output folder.

@@ -36,7 +36,7 @@ from kernelbook_lib.defaults import (
 )
 from kernelbook_lib.errors import UserError
 
-#: The default source of ``generate-prompts`` (``kernelbook_lib.synthetic.DEFAULT_SOURCE``;
+#: The default source of ``generate-prompts`` (``kernelbook_lib.prompt_dataset.DEFAULT_SOURCE``;
 #: repeated so this module stays light to import, and checked equal by the tests).
 KERNELBOOK_SOURCE = "GPUMODE/KernelBook"
 

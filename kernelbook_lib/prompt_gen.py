@@ -7,7 +7,7 @@ the prompt, the reply format, the reply's parse; its calls are made by the share
 every one is validated (non-empty, names ``{module_name}New``, copies no reference code); an LLM
 reply that fails is an ``invalid_reply``: retried, then recorded. :func:`apply_specs` is the
 ``generate`` stage's frame logic. Reading the source, the other stages and the outputs are
-:mod:`kernelbook_lib.synthetic`. Dataset code is parsed, never executed.
+:mod:`kernelbook_lib.prompt_dataset`. Dataset code is parsed, never executed.
 """
 
 from __future__ import annotations

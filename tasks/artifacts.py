@@ -18,7 +18,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from kernelbook_lib import artifact_content as content
-from kernelbook_lib.synthetic import DATASET_DIR, SyntheticSummary
+from kernelbook_lib.prompt_dataset import DATASET_DIR, SyntheticSummary
 from kernelbook_lib.summary import RunSummary, format_screen
 
 

@@ -1,6 +1,6 @@
 """The ``generate-prompts`` pipeline: resolve-backend -> prepare-out -> load-benchmarks ->
 read-source -> load -> families -> decontaminate -> dedupe (one per family, or per problem) ->
-generate, then its outputs (:mod:`kernelbook_lib.synthetic`).
+generate, then its outputs (:mod:`kernelbook_lib.prompt_dataset`).
 
 It shares the output-folder, benchmark, source, families and decontaminate stages with ``curate``
 (:mod:`kernelbook_lib.pipelines.common`); its own are the load of either input schema, the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from kernelbook_lib import prompt_gen, synthetic
+from kernelbook_lib import prompt_gen, prompt_dataset
 from kernelbook_lib.errors import UserError
 from kernelbook_lib.loading import describe_source
 from kernelbook_lib.params import GenerateParams
@@ -19,7 +19,7 @@ from kernelbook_lib.pipeline import Outputs, Pipeline, Run, Stage, StageOutput, 
 from kernelbook_lib.pipelines.common import Decontaminate, Families, LoadBenchmarks, PrepareOut, ReadSource
 from kernelbook_lib.prompt_template import TEMPLATE_GENERATOR
 from kernelbook_lib.settings import load_settings
-from kernelbook_lib.synthetic import SyntheticSummary
+from kernelbook_lib.prompt_dataset import SyntheticSummary
 
 #: Modules per template task run (~0.5 ms each): big enough that orchestration is noise, small
 #: enough to spread over Dask workers.
@@ -28,7 +28,7 @@ TEMPLATE_CHUNK_TASK = "template-chunk"
 
 
 def _describe(source: str) -> str:
-    return synthetic.SAMPLE_DESCRIPTION if source == "sample" else describe_source(source)
+    return prompt_dataset.SAMPLE_DESCRIPTION if source == "sample" else describe_source(source)
 
 
 class ResolveBackend(Stage):
@@ -59,7 +59,7 @@ class LoadModules(Stage):
     name = "load"
 
     def run(self, frame: pl.DataFrame | None, run: Run) -> StageOutput:
-        prepared = synthetic.prepare(run.facts["loaded"])
+        prepared = prompt_dataset.prepare(run.facts["loaded"])
         run.log(f"load: {prepared.input_schema} schema")
         return StageOutput(prepared.result, summary={
             "input_schema": prepared.input_schema, "provenance_columns": list(prepared.provenance),
@@ -76,7 +76,7 @@ class DedupeProblems(Stage):
     def run(self, frame: pl.DataFrame | None, run: Run) -> StageOutput:
         assert frame is not None
         p = run.params
-        return StageOutput(synthetic.dedupe_problems(frame, p.limit, "family_id" if p.near_dup else "problem_id"))  # type: ignore[attr-defined]
+        return StageOutput(prompt_dataset.dedupe_problems(frame, p.limit, "family_id" if p.near_dup else "problem_id"))  # type: ignore[attr-defined]
 
 
 class Generate(Stage):
@@ -106,7 +106,7 @@ class Generate(Stage):
 
 def generate_stages(params: GenerateParams) -> list[Stage]:
     return [
-        ResolveBackend(), PrepareOut(synthetic.SUMMARY_FILE), LoadBenchmarks(), ReadSource(synthetic.read_prompt_source, _describe),
+        ResolveBackend(), PrepareOut(prompt_dataset.SUMMARY_FILE), LoadBenchmarks(), ReadSource(prompt_dataset.read_prompt_source, _describe),
         LoadModules(), Families(), Decontaminate(), DedupeProblems(), Generate(),
     ]
 
@@ -120,16 +120,16 @@ def write_generate(run: Run) -> SyntheticSummary:
     fields = dict(
         source=p.source, split=p.split, limit=p.limit, input_schema=s["input_schema"], backend=backend,
         generator=s["generator"], generator_model=s["generator_model"], generator_prompt_version=s["generator_prompt_version"], llm=s["llm"],
-        **synthetic.dedupe_summary(run.result("dedupe"), backend),
+        **prompt_dataset.dedupe_summary(run.result("dedupe"), backend),
         near_dup=s["near_dup"], decontamination=s["decontamination"],
         provenance_columns=s["provenance_columns"], started_at=s["started_at"],
-        stages=run.reports, warnings=[*s["load_warnings"], *synthetic.generation_warnings(generated.report)],
+        stages=run.reports, warnings=[*s["load_warnings"], *prompt_dataset.generation_warnings(generated.report)],
     )
     out = run.facts["out"]
-    summary = synthetic.write_outputs(out, fields, generated.frame, run.ledger)
+    summary = prompt_dataset.write_outputs(out, fields, generated.frame, run.ledger)
     run.log(
-        f"export: wrote {out}/{synthetic.PROMPTS_FILE}, {out}/{synthetic.DATASET_DIR}/, "
-        f"{synthetic.REJECTED_FILE} and {synthetic.SUMMARY_FILE}"
+        f"export: wrote {out}/{prompt_dataset.PROMPTS_FILE}, {out}/{prompt_dataset.DATASET_DIR}/, "
+        f"{prompt_dataset.REJECTED_FILE} and {prompt_dataset.SUMMARY_FILE}"
     )
     return summary
 
@@ -140,7 +140,7 @@ def no_specification(run: Run, summary: SyntheticSummary) -> str | None:
     if report.rows_in and not report.rows_out:
         return (
             f"no specification could be generated for any of the {report.rows_in} problems "
-            f"({report.dropped}); the outputs and {synthetic.REJECTED_FILE} are written. Fix the cause "
+            f"({report.dropped}); the outputs and {prompt_dataset.REJECTED_FILE} are written. Fix the cause "
             "and run again (successful replies are cached, so only the failed problems are called again)."
         )
     return None
@@ -151,8 +151,8 @@ GENERATE = Pipeline(
     params=GenerateParams,
     stages=generate_stages,  # type: ignore[arg-type]
     outputs=Outputs(
-        summary_file=synthetic.SUMMARY_FILE,
-        files=(synthetic.PROMPTS_FILE, f"{synthetic.DATASET_DIR}/", synthetic.REJECTED_FILE, synthetic.SUMMARY_FILE),
+        summary_file=prompt_dataset.SUMMARY_FILE,
+        files=(prompt_dataset.PROMPTS_FILE, f"{prompt_dataset.DATASET_DIR}/", prompt_dataset.REJECTED_FILE, prompt_dataset.SUMMARY_FILE),
         write=write_generate,
         finish=lambda out, summary: summary,  # write_outputs writes the summary file last
         gate=no_specification,

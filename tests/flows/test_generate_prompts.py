@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from flows.generate_prompts import generate_prompts
 from kernelbook_cli import app
-from kernelbook_lib import prompt_gen, synthetic
+from kernelbook_lib import prompt_gen, prompt_dataset
 from kernelbook_lib.errors import RunFailedError, SchemaError, UserError
 from tests.fixtures.llm_server import fault_marker, prompt_hash
 from tests.fixtures import fake_data
@@ -72,16 +72,16 @@ def test_llm_backend_makes_one_call_per_problem_and_a_rerun_makes_none(server, t
     assert [(s["name"], s["rows_in"], s["rows_out"]) for s in summary["stages"]] == [
         ("load", 9, 8), ("families", 8, 8), ("decontaminate", 8, 8), ("dedupe", 8, 6), ("generate", 6, 6)]
 
-    rows = read_jsonl(out / synthetic.PROMPTS_FILE)
+    rows = read_jsonl(out / prompt_dataset.PROMPTS_FILE)
     assert [r["module_name"] for r in rows] == [f"M{p}" for p in (0, 1, 2, 3, 4, 5)]
     assert [r["uuid"] for r in rows] == [100, 101, 102, 104, 105, 107]  # the first row of each problem
     for r in rows:
         assert f"`{r['module_name']}New`" in r["prompt"] and r["python_code"] == module(r["module_name"], int(r["module_name"][1:]))
         assert r["generator_prompt_version"] == prompt_gen.GENERATOR_PROMPT_VERSION and r["generator_prompt_tokens"] > 0
-    assert pl.read_parquet(out / "synthetic" / synthetic.DATA_FILE).height == 6
+    assert pl.read_parquet(out / "synthetic" / prompt_dataset.DATA_FILE).height == 6
     card = (out / "synthetic" / "README.md").read_text()
     assert "openai/gpt-5.2" in card and KEY not in card
-    ledger = read_jsonl(out / synthetic.REJECTED_FILE)
+    ledger = read_jsonl(out / prompt_dataset.REJECTED_FILE)
     assert sorted((r["source_index"], r["reason"]) for r in ledger) == [
         (3, "duplicate_problem"), (6, "duplicate_problem"), (8, "empty_python_code")]
 
@@ -89,7 +89,7 @@ def test_llm_backend_makes_one_call_per_problem_and_a_rerun_makes_none(server, t
     again = generate_prompts(GenerateParams(source=str(src), backend="llm", out=str(tmp_path / "out2"), near_dup=False))
     assert server.stats()["calls_total"] == 6
     assert again["llm"]["calls_made"] == 0 and again["llm"]["cache_hits"] == 6
-    assert read_jsonl(tmp_path / "out2" / synthetic.PROMPTS_FILE) == rows
+    assert read_jsonl(tmp_path / "out2" / prompt_dataset.PROMPTS_FILE) == rows
     # --refresh pays again.
     generate_prompts(GenerateParams(source=str(src), backend="llm", out=str(tmp_path / "out3"), refresh=True, limit=2, near_dup=False))
     assert server.stats()["calls_total"] == 8
@@ -114,10 +114,10 @@ def test_invalid_replies_are_retried_then_recorded_with_their_reason(server, tmp
     assert generate["dropped"] == {"generate_failed:bad_request": 1, "generate_invalid_reply": 1}
     assert summary["llm"]["failures_by_kind"] == {"bad_request": 1, "invalid_reply": 1}
     assert any("2 of 6 problems got no specification" in w for w in summary["warnings"])
-    ledger = {r["source_index"]: r for r in read_jsonl(out / synthetic.REJECTED_FILE) if r["stage"] == "generate"}
+    ledger = {r["source_index"]: r for r in read_jsonl(out / prompt_dataset.REJECTED_FILE) if r["stage"] == "generate"}
     assert ledger[4]["reason"] == "generate_invalid_reply" and "copies" in ledger[4]["detail"]
     assert ledger[7]["reason"] == "generate_failed:bad_request"
-    names = [r["module_name"] for r in read_jsonl(out / synthetic.PROMPTS_FILE)]
+    names = [r["module_name"] for r in read_jsonl(out / prompt_dataset.PROMPTS_FILE)]
     assert names == ["M0", "M1", "M2", "M4"]
 
 
@@ -128,7 +128,7 @@ def test_eval_rollouts_are_read_from_info_and_sent_once_per_problem(server, tmp_
     summary = generate_prompts(GenerateParams(source=str(src), backend="llm", out=str(tmp_path / "out"), near_dup=False))
     assert summary["input_schema"] == "eval" and server.stats()["calls_total"] == 4
     assert summary["calls_saved_by_dedupe"] == 8
-    written = read_jsonl(tmp_path / "out" / synthetic.PROMPTS_FILE)
+    written = read_jsonl(tmp_path / "out" / prompt_dataset.PROMPTS_FILE)
     assert [(r["module_name"], r["example_id"]) for r in written] == [("E0", 0), ("E1", 3), ("E2", 6), ("E3", 9)]
     assert written[0]["python_code"] == rows[0]["info"]["python_code"]
 
@@ -143,11 +143,11 @@ def test_template_backend_is_offline_and_deterministic_and_leaves_curate_outputs
     assert first["backend"] == "template" and first["generator"] == "template-ast-v2" and first["llm"] is None
     dedupe, generate = first["stages"][-2:]
     assert generate == {"name": "generate", "rows_in": dedupe["rows_out"], "rows_out": dedupe["rows_out"], "dropped": {}}
-    data = (out / synthetic.PROMPTS_FILE).read_bytes()
-    parquet = pl.read_parquet(out / "synthetic" / synthetic.DATA_FILE)
+    data = (out / prompt_dataset.PROMPTS_FILE).read_bytes()
+    parquet = pl.read_parquet(out / "synthetic" / prompt_dataset.DATA_FILE)
     second = generate_prompts(GenerateParams(source="sample", backend="template", out=str(tmp_path / "again")))
-    assert (tmp_path / "again" / synthetic.PROMPTS_FILE).read_bytes() == data
-    assert pl.read_parquet(tmp_path / "again" / "synthetic" / synthetic.DATA_FILE).equals(parquet)
+    assert (tmp_path / "again" / prompt_dataset.PROMPTS_FILE).read_bytes() == data
+    assert pl.read_parquet(tmp_path / "again" / "synthetic" / prompt_dataset.DATA_FILE).equals(parquet)
     assert second["stages"] == first["stages"]
     assert set(parquet["generator"].to_list()) == {"template-ast-v2"}
     assert (out / "run_summary.json").read_text() == '{"pipeline": "curate"}' and (out / "filtered" / "data").is_dir()
@@ -160,7 +160,7 @@ def test_user_mistakes_are_clear_errors(tmp_path):
     pl.DataFrame({"name": ["M"], "code": ["x"]}).write_parquet(wrong)
     with pytest.raises(SchemaError, match=r"Columns found: name \(String\), code \(String\)"):
         generate_prompts(GenerateParams(source=str(wrong), backend="template", out=str(tmp_path / "out")))
-    assert not (tmp_path / "out" / synthetic.SUMMARY_FILE).exists()
+    assert not (tmp_path / "out" / prompt_dataset.SUMMARY_FILE).exists()
 
 
 def test_a_run_without_any_specification_fails_after_writing(server, tmp_path):
@@ -168,7 +168,7 @@ def test_a_run_without_any_specification_fails_after_writing(server, tmp_path):
     pl.DataFrame({"module_name": ["M"], "python_code": [module("M", 1, "404")]}).write_parquet(src)
     with pytest.raises(RunFailedError, match="no specification could be generated"):
         generate_prompts(GenerateParams(source=str(src), backend="llm", out=str(tmp_path / "out")))
-    summary = json.loads((tmp_path / "out" / synthetic.SUMMARY_FILE).read_text())
+    summary = json.loads((tmp_path / "out" / prompt_dataset.SUMMARY_FILE).read_text())
     assert summary["stages"][-1]["dropped"] == {"generate_failed:not_found": 1}
 
 
@@ -181,8 +181,8 @@ def test_cli_generates_from_the_sample_with_the_template_backend(tmp_path):
                                       "--limit", "5", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "duplicate rows collapsed" in result.output and "synthetic: train 5" in result.output
-    assert len(read_jsonl(out / synthetic.PROMPTS_FILE)) == 5
-    assert json.loads((out / synthetic.SUMMARY_FILE).read_text())["limit"] == 5
+    assert len(read_jsonl(out / prompt_dataset.PROMPTS_FILE)) == 5
+    assert json.loads((out / prompt_dataset.SUMMARY_FILE).read_text())["limit"] == 5
 
 
 def test_cli_user_errors_are_one_line(tmp_path):

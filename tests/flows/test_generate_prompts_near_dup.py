@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from flows.generate_prompts import generate_prompts
-from kernelbook_lib import synthetic
+from kernelbook_lib import prompt_dataset
 from tests.lib.test_decontam import SOFTMAX, UNRELATED, kernelbench
 from tests.lib.test_neardup import SWISH, SWISH_DISGUISED
 from kernelbook_lib.params import GenerateParams
@@ -27,10 +27,10 @@ def test_one_specification_per_family_and_no_benchmark_copy(tmp_path):
     bench = kernelbench(tmp_path / "kb.parquet", [(1, 23, "23_Softmax.py", SOFTMAX)])
     out = tmp_path / "out"
     summary = generate_prompts(GenerateParams(source=str(src), backend="template", out=str(out), decontaminate=[str(bench)]))
-    rows = [json.loads(line) for line in (out / synthetic.PROMPTS_FILE).read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / prompt_dataset.PROMPTS_FILE).read_text().splitlines()]
     assert [r["uuid"] for r in rows] == [1, 4]  # the first Swish stands for its family; no softmax
-    assert rows[0]["family_id"] == min(rows[0]["problem_id"], synthetic.problem_id(SWISH_DISGUISED))
-    ledger = {r["source_index"]: r["reason"] for r in map(json.loads, (out / synthetic.REJECTED_FILE).read_text().splitlines())}
+    assert rows[0]["family_id"] == min(rows[0]["problem_id"], prompt_dataset.problem_id(SWISH_DISGUISED))
+    ledger = {r["source_index"]: r["reason"] for r in map(json.loads, (out / prompt_dataset.REJECTED_FILE).read_text().splitlines())}
     assert ledger == {1: "contaminated", 2: "near_duplicate", 4: "duplicate_problem"}
     assert [s["name"] for s in summary["stages"]] == ["load", "families", "decontaminate", "dedupe", "generate"]
     assert summary["near_dup"]["enabled"] and summary["near_duplicates_collapsed"] == 1

@@ -9,7 +9,7 @@ import pytest
 
 from kernelbook_lib import artifact_content as content
 from kernelbook_lib.ledger import StageReport
-from kernelbook_lib.synthetic import SyntheticSummary
+from kernelbook_lib.prompt_dataset import SyntheticSummary
 from kernelbook_lib.summary import RunSummary
 
 LLM = {"requests": 40, "succeeded": 38, "cache_hits": 10, "failed": 2, "failures_by_kind": {"timeout": 2},

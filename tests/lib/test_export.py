@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from kernelbook_lib import export, synthetic
+from kernelbook_lib import export, prompt_dataset
 from kernelbook_lib.cards import render_dataset_card
 from kernelbook_lib.stages import SPLIT_COLUMN
 from kernelbook_lib.summary import RunSummary
@@ -72,12 +72,12 @@ def test_two_folders_of_the_same_name_read_back_their_own_rows(tmp_path: Path, s
 def test_a_rerun_of_prompt_generation_reads_back_the_new_prompts(tmp_path: Path, shared_cache: Path):
     import datasets
 
-    folder = tmp_path / "outputs" / synthetic.DATASET_DIR
+    folder = tmp_path / "outputs" / prompt_dataset.DATASET_DIR
     for prompts in (["first a", "first b"], ["second a", "second b", "second c"]):
         frame = pl.DataFrame({"prompt": prompts, "module_name": [f"M{i}" for i in range(len(prompts))],
                               "python_code": ["class M: pass"] * len(prompts)})
         summary = {"pipeline": "generate-prompts", "source": "sample", "split": "train", "stages": []}
-        synthetic.write_dataset_folder(folder, frame, lambda files, summary=summary, frame=frame: render_dataset_card(
+        prompt_dataset.write_dataset_folder(folder, frame, lambda files, summary=summary, frame=frame: render_dataset_card(
             "synthetic", summary, {"train": frame.height}, data_files=files, columns=dict(frame.schema)))
         assert datasets.load_dataset(str(folder))["train"]["prompt"] == prompts
 

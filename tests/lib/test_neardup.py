@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from kernelbook_lib import loading, neardup, schema, stages, synthetic
+from kernelbook_lib import loading, neardup, schema, stages, prompt_dataset
 from kernelbook_lib.errors import UserError
 from tests.fixtures import fake_data
 from tests.fixtures.neardup_calibration import OPERATIONS, VARIANTS_PER_OPERATION, calibration_set, pair_scores, render
@@ -325,20 +325,20 @@ def test_prompt_generation_keeps_the_first_module_of_each_family_and_records_the
         "python_code": [SWISH, SWISH_DISGUISED, SWISH, fake_data.MODULE.format(name="Scale", k=2)],
         "uuid": [10, 11, 12, 13],
     })  # fmt: skip
-    prepared = synthetic.prepare(loading.LoadedSource(frame=frame, description="test")).result.frame
+    prepared = prompt_dataset.prepare(loading.LoadedSource(frame=frame, description="test")).result.frame
     families = stages.assign_families(prepared).result.frame
-    dedupe = synthetic.dedupe_problems(families, key="family_id")
+    dedupe = prompt_dataset.dedupe_problems(families, key="family_id")
     assert dedupe.frame.get_column("uuid").to_list() == [10, 13]
     ledger = {r["source_index"]: r for r in dedupe.rejected.to_dicts()}
     assert ledger[1]["reason"] == "near_duplicate" and "source row 0" in ledger[1]["detail"]
     assert ledger[2]["reason"] == "duplicate_problem" and ledger[2]["detail"] == "same problem as source row 0"
-    assert synthetic.dedupe_summary(dedupe, "llm") == {
+    assert prompt_dataset.dedupe_summary(dedupe, "llm") == {
         "distinct_problems": 3, "duplicates_collapsed": 1, "near_duplicates_collapsed": 1, "calls_saved_by_dedupe": 2,
     }
-    limited = synthetic.dedupe_problems(families, limit=1, key="family_id")
+    limited = prompt_dataset.dedupe_problems(families, limit=1, key="family_id")
     assert limited.report.dropped == {"beyond_limit": 1, "duplicate_problem": 1, "near_duplicate": 1}
-    assert synthetic.calls_saved(limited) == 2
-    by_problem = synthetic.dedupe_problems(families)
+    assert prompt_dataset.calls_saved(limited) == 2
+    by_problem = prompt_dataset.dedupe_problems(families)
     assert by_problem.frame.get_column("uuid").to_list() == [10, 11, 13]
 
 

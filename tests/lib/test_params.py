@@ -7,7 +7,7 @@ import typing
 
 import pytest
 
-from kernelbook_lib import params, synthetic
+from kernelbook_lib import params, prompt_dataset
 from kernelbook_lib.errors import SourceUnavailableError, UserError
 
 
@@ -78,7 +78,7 @@ def test_each_flow_takes_its_model_as_its_one_parameter(pipeline, flow_module, f
 
 
 def test_generate_default_source_is_prompt_gens():
-    assert params.KERNELBOOK_SOURCE == synthetic.DEFAULT_SOURCE
+    assert params.KERNELBOOK_SOURCE == prompt_dataset.DEFAULT_SOURCE
 
 
 def test_preflight_checks_the_key_for_the_llm_choices(monkeypatch):

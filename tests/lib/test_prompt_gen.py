@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from kernelbook_lib import decontam, hub, llm, loading, prompt_gen, stages, synthetic
+from kernelbook_lib import decontam, hub, llm, loading, prompt_gen, stages, prompt_dataset
 from kernelbook_lib.errors import SchemaError
 from kernelbook_lib.prompt_gen import InvalidSpecification
 from kernelbook_lib.prompt_template import TEMPLATE_GENERATOR, analyze, template_specification
@@ -57,8 +57,8 @@ def kernelbook_frame(entries: list[tuple[str, str]]) -> pl.DataFrame:
     )
 
 
-def prepared(frame: pl.DataFrame) -> synthetic.PreparedSource:
-    return synthetic.prepare(loading.LoadedSource(frame=frame, description="test"))
+def prepared(frame: pl.DataFrame) -> prompt_dataset.PreparedSource:
+    return prompt_dataset.prepare(loading.LoadedSource(frame=frame, description="test"))
 
 
 def module(name: str, k: int) -> str:
@@ -69,46 +69,46 @@ def module(name: str, k: int) -> str:
 
 
 def test_both_input_schemas_are_detected_and_anything_else_lists_the_columns():
-    assert synthetic.detect_schema(kernelbook_frame([("M", module("M", 1))])) == ("kernelbook", [])
+    assert prompt_dataset.detect_schema(kernelbook_frame([("M", module("M", 1))])) == ("kernelbook", [])
     evals = pl.DataFrame([fake_data.row(0)])
-    assert synthetic.detect_schema(evals) == ("eval", [])
+    assert prompt_dataset.detect_schema(evals) == ("eval", [])
     both = kernelbook_frame([("M", module("M", 1))]).with_columns(
         pl.struct(module_name=pl.lit("M"), python_code=pl.lit("x")).alias("info")
     )
-    schema_name, warnings = synthetic.detect_schema(both)
+    schema_name, warnings = prompt_dataset.detect_schema(both)
     assert schema_name == "kernelbook" and "top-level columns" in warnings[0]
 
     with pytest.raises(SchemaError) as err:
-        synthetic.detect_schema(pl.DataFrame({"name": ["M"], "code": ["x"], "stars": [3]}))
+        prompt_dataset.detect_schema(pl.DataFrame({"name": ["M"], "code": ["x"], "stars": [3]}))
     message = str(err.value)
     assert "module_name" in message and "Columns found: name (String), code (String), stars (Int64)" in message
 
     with pytest.raises(SchemaError, match="python_code is Int64"):
-        synthetic.detect_schema(pl.DataFrame({"module_name": ["M"], "python_code": [3]}))
+        prompt_dataset.detect_schema(pl.DataFrame({"module_name": ["M"], "python_code": [3]}))
     with pytest.raises(SchemaError, match=r"info\.python_code"):
-        synthetic.detect_schema(pl.DataFrame({"info": [{"module_name": "M"}]}))
+        prompt_dataset.detect_schema(pl.DataFrame({"info": [{"module_name": "M"}]}))
 
 
 def test_the_bundled_sample_is_the_kernelbook_schema_with_its_planted_defects():
-    raw = pl.read_parquet(synthetic.KERNELBOOK_SAMPLE_PATH)
+    raw = pl.read_parquet(prompt_dataset.KERNELBOOK_SAMPLE_PATH)
     code = raw["python_code"]
     empty = int((code == "").sum())
     distinct = code.filter(code != "").n_unique()
     repeats = raw.height - empty - distinct  # rows repeating an earlier row's code exactly
     assert empty >= 2 and repeats >= 2  # the planted defects
-    result = prepared(synthetic.read_prompt_source("sample").frame)
+    result = prepared(prompt_dataset.read_prompt_source("sample").frame)
     assert result.input_schema == "kernelbook"
     report = result.result.report
     assert report.rows_in == raw.height and report.dropped == {"empty_python_code": empty}
     assert "uuid" in result.provenance and "module_name" not in result.provenance
     frame = result.result.frame
     assert frame["problem_id"].to_list() == [problem_id(c) for c in frame["_python_code"].to_list()]
-    dedupe = synthetic.dedupe_problems(frame)
+    dedupe = prompt_dataset.dedupe_problems(frame)
     assert dedupe.report.dropped == {"duplicate_problem": repeats} and dedupe.report.rows_out == distinct
-    assert synthetic.dedupe_summary(dedupe, "llm") == {
+    assert prompt_dataset.dedupe_summary(dedupe, "llm") == {
         "distinct_problems": distinct, "duplicates_collapsed": repeats, "near_duplicates_collapsed": 0, "calls_saved_by_dedupe": repeats,
     }
-    assert synthetic.dedupe_summary(dedupe, "template")["calls_saved_by_dedupe"] == 0
+    assert prompt_dataset.dedupe_summary(dedupe, "template")["calls_saved_by_dedupe"] == 0
 
 
 # --- the load and dedupe stages --------------------------------------------------------------------
@@ -139,7 +139,7 @@ def test_eval_rollouts_collapse_to_one_row_per_problem_and_keep_their_provenance
     rows = [fake_data.row(i, name=f"M{i // 3}", k=i // 3) for i in range(9)]  # 3 problems x 3 rollouts
     result = prepared(pl.DataFrame(rows))
     assert result.input_schema == "eval" and result.provenance == ("example_id", "triton_code")
-    dedupe = synthetic.dedupe_problems(result.result.frame)
+    dedupe = prompt_dataset.dedupe_problems(result.result.frame)
     assert dedupe.report.rows_out == 3 and dedupe.report.dropped == {"duplicate_problem": 6}
     assert dedupe.frame["_row"].to_list() == [0, 3, 6]  # the first rollout of each problem
     details = dedupe.rejected.filter(pl.col("source_index") == 2)["detail"].to_list()
@@ -149,12 +149,12 @@ def test_eval_rollouts_collapse_to_one_row_per_problem_and_keep_their_provenance
 def test_limit_keeps_the_first_problems_and_records_the_rest():
     # Four problems, each twice: rows 4-7 repeat the code of rows 0-3.
     frame = kernelbook_frame([(f"M{i % 4}", module(f"M{i % 4}", i % 4)) for i in range(8)])
-    dedupe = synthetic.dedupe_problems(prepared(frame).result.frame, limit=2)
+    dedupe = prompt_dataset.dedupe_problems(prepared(frame).result.frame, limit=2)
     assert dedupe.report.rows_out == 2
     assert dedupe.report.dropped == {"beyond_limit": 2, "duplicate_problem": 4}
-    assert synthetic.calls_saved(dedupe) == 2  # only the repeats of the two kept problems
+    assert prompt_dataset.calls_saved(dedupe) == 2  # only the repeats of the two kept problems
     with pytest.raises(Exception, match="--limit must be a positive"):
-        synthetic.dedupe_problems(frame, limit=0)
+        prompt_dataset.dedupe_problems(frame, limit=0)
 
 
 # --- the template backend ------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def test_template_reads_the_interface_inputs_operations_and_parameters():
 
 
 def test_template_is_deterministic_and_leaves_out_parameters_the_reference_lacks():
-    frame = synthetic.read_prompt_source("sample").frame.filter(pl.col("python_code") != "")
+    frame = prompt_dataset.read_prompt_source("sample").frame.filter(pl.col("python_code") != "")
     first = [template_specification(c, n) for n, c in frame.select("module_name", "python_code").iter_rows()]
     second = [template_specification(c, n) for n, c in frame.select("module_name", "python_code").iter_rows()]
     assert first == second
@@ -347,25 +347,25 @@ def test_llm_outcomes_become_rows_or_ledger_reasons():
 # --- outputs -------------------------------------------------------------------------------------
 
 
-def run_template(frame: pl.DataFrame, out: Path) -> synthetic.SyntheticSummary:
+def run_template(frame: pl.DataFrame, out: Path) -> prompt_dataset.SyntheticSummary:
     """The flow's stages by hand, one prompt per problem (--no-near-dup: the modules here differ
     only in a constant, which makes them one near-duplicate family)."""
     prep = prepared(frame)
     families = stages.assign_families(prep.result.frame, near_dup=False)
     clean = decontam.decontaminate(families.result.frame, [])
-    dedupe = synthetic.dedupe_problems(clean.result.frame)
+    dedupe = prompt_dataset.dedupe_problems(clean.result.frame)
     generated = prompt_gen.apply_specs(dedupe.frame, prompt_gen.template_spec_rows(dedupe.frame))
-    synthetic.prepare_out(out)
+    prompt_dataset.prepare_out(out)
     fields = dict(
         source="test", split="train", limit=None, input_schema=prep.input_schema, backend="template",
         generator=TEMPLATE_GENERATOR, generator_model=None, generator_prompt_version=TEMPLATE_GENERATOR,
-        **synthetic.dedupe_summary(dedupe, "template"), provenance_columns=list(prep.provenance),
+        **prompt_dataset.dedupe_summary(dedupe, "template"), provenance_columns=list(prep.provenance),
         started_at="2026-01-01T00:00:00+00:00",
         stages=[r.report for r in (prep.result, families.result, clean.result, dedupe, generated)],
         near_dup=families.near_dup,
     )
     ledger = pl.concat([r.rejected for r in (prep.result, clean.result, dedupe, generated)])
-    return synthetic.write_outputs(out, fields, generated.frame, ledger)
+    return prompt_dataset.write_outputs(out, fields, generated.frame, ledger)
 
 
 def test_outputs_hold_every_problem_with_the_source_code_unchanged_and_leave_curate_files_alone(tmp_path: Path):
@@ -376,15 +376,15 @@ def test_outputs_hold_every_problem_with_the_source_code_unchanged_and_leave_cur
     frame = kernelbook_frame([("A", module("A", 1)), ("Win", code_crlf), ("A", module("A", 1)), ("E", "")])
     summary = run_template(frame, out)
     assert (out / "run_summary.json").read_text() == "{}" and (out / "filtered").is_dir()
-    lines = [json.loads(line) for line in (out / synthetic.PROMPTS_FILE).read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / prompt_dataset.PROMPTS_FILE).read_text().splitlines()]
     assert [r["module_name"] for r in lines] == ["A", "Win"]
     assert lines[1]["python_code"] == code_crlf  # byte for byte, not normalised
     assert lines[0]["uuid"] == 0 and lines[0]["repo_name"] == "user/repo0" and lines[0]["generator"] == TEMPLATE_GENERATOR
-    data = pl.read_parquet(out / "synthetic" / synthetic.DATA_FILE)
+    data = pl.read_parquet(out / "synthetic" / prompt_dataset.DATA_FILE)
     assert data.columns[:3] == ["prompt", "module_name", "python_code"] and data.height == 2
-    rejected = [json.loads(line) for line in (out / synthetic.REJECTED_FILE).read_text().splitlines()]
+    rejected = [json.loads(line) for line in (out / prompt_dataset.REJECTED_FILE).read_text().splitlines()]
     assert sorted((r["source_index"], r["reason"]) for r in rejected) == [(2, "duplicate_problem"), (3, "empty_python_code")]
-    written = json.loads((out / synthetic.SUMMARY_FILE).read_text())
+    written = json.loads((out / prompt_dataset.SUMMARY_FILE).read_text())
     assert written["datasets"] == {"synthetic": {"train": 2}} and written["duplicates_collapsed"] == 1
     assert [s["name"] for s in written["stages"]] == ["load", "families", "decontaminate", "dedupe", "generate"]
     assert summary.finished_at == written["finished_at"]
@@ -402,4 +402,4 @@ def test_a_summary_whose_stages_do_not_chain_is_refused(tmp_path: Path):
     data["stages"][3]["rows_in"] += 1
     data["stages"][3]["dropped"] = {"duplicate_problem": 1}
     with pytest.raises(ValueError, match="stage dedupe got"):
-        synthetic.SyntheticSummary.model_validate(data)
+        prompt_dataset.SyntheticSummary.model_validate(data)

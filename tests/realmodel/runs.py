@@ -11,7 +11,7 @@ import polars as pl
 from typer.testing import CliRunner
 
 from kernelbook_cli import app
-from kernelbook_lib import synthetic
+from kernelbook_lib import prompt_dataset
 from tests.fixtures import fake_data
 
 #: What a row that reached the judge and got no verdict is recorded as: the ledger reasons of
@@ -63,11 +63,11 @@ def generate(out: Path, *extra: str, source: str = "sample") -> Run:
 
 
 def generated(run: Run) -> list[dict]:
-    return run.jsonl(synthetic.PROMPTS_FILE)
+    return run.jsonl(prompt_dataset.PROMPTS_FILE)
 
 
 def generate_rejections(run: Run) -> list[dict]:
-    return [r for r in run.jsonl(synthetic.REJECTED_FILE) if r["stage"] == "generate"]
+    return [r for r in run.jsonl(prompt_dataset.REJECTED_FILE) if r["stage"] == "generate"]
 
 
 def long_module(min_chars: int) -> str:
