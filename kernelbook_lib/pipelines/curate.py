@@ -126,6 +126,12 @@ class Judge(Stage):
                 verdicts = run.services.map(STATIC_CHUNK_TASK, judging.static_verdicts, parts, lambda part: part.height, progress)
             verdicts = pl.concat(verdicts) if parts else judging.static_verdicts(frame)
             identity = {"judge": STATIC_JUDGE_NAME, "judge_model": None, "judge_prompt_version": None, "judge_reliability": None}
+            p = run.params
+            if p.judge_samples > 1 or p.judge_model or p.reliability_sample:  # type: ignore[attr-defined]
+                notice = ("the static judge is deterministic and judges alone: --judge-samples, --judge-model and "
+                          "--reliability-sample apply to the LLM judge (--judge llm) and were not used")
+                run.log(f"judge: {notice}")
+                identity["judge_warnings"] = [notice]
             return StageOutput(judging.apply_verdicts(frame, judge_panel.single_verdicts(verdicts, STATIC_JUDGE_NAME)), summary=identity)
         if judge == "llm":
             panel = judge_panel_of(run.params)  # type: ignore[arg-type]
@@ -238,7 +244,7 @@ def write_curate(run: Run) -> RunSummary:
         source=p.source, split=p.split, threshold=p.threshold, limit=p.limit,
         judge=run.summary["judge"], judge_model=run.summary["judge_model"], judge_prompt_version=run.summary["judge_prompt_version"],
         group_by=p.group_by, seed=p.seed, val_fraction=p.val_fraction, started_at=run.summary["started_at"],
-        stages=reports, warnings=empty_result_warnings(reports),
+        stages=reports, warnings=[*empty_result_warnings(reports), *run.summary.get("judge_warnings", [])],
         near_dup={**run.summary["near_dup"], "by_dataset": run.facts["by_dataset"]},
         decontamination=run.summary["decontamination"], screen=run.summary["screen"], sft=run.summary["sft"],
         judge_reliability=run.summary["judge_reliability"],

@@ -105,3 +105,11 @@ def test_the_analysis_report_and_the_cards_show_the_reliability_and_the_correcte
     assert "## Judge reliability" in report and "corrected for attenuation" in report
     card = (out / "filtered" / "README.md").read_text()
     assert "## Judge reliability" in card and "Krippendorff" in card
+
+
+def test_the_static_judge_says_it_ignores_the_panel_options(tmp_path):
+    result = curate(source(tmp_path), tmp_path / "out", "--judge", "static", "--judge-samples", "3")
+    assert result.exit_code == 0, result.output
+    assert "warning: the static judge is deterministic and judges alone" in result.output
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["judge_reliability"] is None and any("--judge-samples" in w for w in summary["warnings"])
