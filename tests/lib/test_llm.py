@@ -132,11 +132,15 @@ def test_judge_keys_built_by_the_task_are_the_keys_of_existing_caches():
 
 
 def test_the_generic_client_knows_no_concrete_task():
-    tree = ast.parse(open(llm.__file__, encoding="utf-8").read())
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    ours = {name for name in imported if name and name.startswith("kernelbook_lib")}
-    assert ours <= {"kernelbook_lib.errors", "kernelbook_lib.settings"}, ours
+    from kernelbook_lib import llm_failures, llm_limits
+
+    own = {"kernelbook_lib.llm", "kernelbook_lib.llm_failures", "kernelbook_lib.llm_limits"}  # the client's own parts
+    for module in (llm, llm_failures, llm_limits):
+        tree = ast.parse(open(module.__file__, encoding="utf-8").read())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        ours = {name for name in imported if name and name.startswith("kernelbook_lib")} - own
+        assert ours <= {"kernelbook_lib.errors", "kernelbook_lib.settings"}, (module.__name__, ours)
     assert not hasattr(llm, "register_purpose") and not hasattr(llm, "get_purpose")  # no process-global registry
 
 
