@@ -30,6 +30,7 @@ from kernelbook_lib import schema
 from kernelbook_lib.errors import UserError
 from kernelbook_lib.judging import VERDICT_SCHEMA, failure_reason, llm_judge_requests, static_verdicts
 from kernelbook_lib.llm import LLMOutcome, LLMRequest
+from kernelbook_lib.reliability import lower_median
 from kernelbook_lib.rubric import JUDGE_PROMPT_VERSION, JudgeReply
 from kernelbook_lib.static_judge import STATIC_JUDGE_NAME
 
@@ -37,7 +38,6 @@ STATIC_MEMBER = "static"
 STATIC_LABEL = f"{STATIC_JUDGE_NAME} (heuristic)"
 PANEL_JUDGE_NAME = "llm-panel"
 VERDICTS = "judge_verdicts"
-VERDICT_STRUCT = pl.Struct({"judge": pl.String, "sample": pl.Int64, "difficulty": pl.Int64, "style": pl.Int64})
 
 
 @dataclass(frozen=True)
@@ -104,11 +104,6 @@ def plan(frame: pl.DataFrame, panel: Panel) -> tuple[list[Slot], list[LLMRequest
     return slots, requests
 
 
-def _lower_median(values: list[int]) -> int:
-    ordered = sorted(values)
-    return ordered[(len(ordered) - 1) // 2]
-
-
 def panel_verdicts(frame: pl.DataFrame, panel: Panel, slots: list[Slot], outcomes: list[LLMOutcome]) -> tuple[pl.DataFrame, int]:
     """Verdict rows (the judge stage's ``VERDICT_SCHEMA`` plus ``judge_verdicts``) from the
     outcomes of :func:`plan`'s requests, and the number of non-primary verdicts that failed."""
@@ -142,8 +137,8 @@ def panel_verdicts(frame: pl.DataFrame, panel: Panel, slots: list[Slot], outcome
         verdicts = per_row[i] if ok else []
         judges = list(dict.fromkeys(v["judge"] for v in verdicts)) or [panel.judges[0]]
         out[schema.ROW].append(row)
-        out["difficulty"].append(_lower_median([v["difficulty"] for v in verdicts]) if ok else None)
-        out["style"].append(_lower_median([v["style"] for v in verdicts]) if ok else None)
+        out["difficulty"].append(lower_median([v["difficulty"] for v in verdicts]) if ok else None)
+        out["style"].append(lower_median([v["style"] for v in verdicts]) if ok else None)
         out["judge"].append(PANEL_JUDGE_NAME if len(judges) > 1 else "llm")
         out["judge_model"].append(", ".join(judges))
         out["judge_prompt_version"].append(JUDGE_PROMPT_VERSION)
@@ -153,7 +148,7 @@ def panel_verdicts(frame: pl.DataFrame, panel: Panel, slots: list[Slot], outcome
         out["_failure"].append(None if ok else failure_reason(outcome.failure_kind))
         out["_failure_detail"].append(None if ok else outcome.failure_detail)
         out[VERDICTS].append(verdicts or None)
-    return pl.DataFrame(out, schema={**VERDICT_SCHEMA, VERDICTS: pl.List(VERDICT_STRUCT)}), missing
+    return pl.DataFrame(out, schema={**VERDICT_SCHEMA, VERDICTS: schema.JUDGED_SCHEMA[VERDICTS]}), missing
 
 
 def single_verdicts(verdicts: pl.DataFrame, judge_label: str | None = None) -> pl.DataFrame:
@@ -161,5 +156,5 @@ def single_verdicts(verdicts: pl.DataFrame, judge_label: str | None = None) -> p
     label = pl.lit(judge_label) if judge_label else pl.col("judge_model").fill_null(pl.col("judge"))
     entry = pl.struct(label.alias("judge"), pl.lit(0, dtype=pl.Int64).alias("sample"), pl.col("difficulty"), pl.col("style"))
     return verdicts.with_columns(
-        pl.when(pl.col("difficulty").is_not_null()).then(pl.concat_list(entry)).otherwise(None).cast(pl.List(VERDICT_STRUCT)).alias(VERDICTS)
+        pl.when(pl.col("difficulty").is_not_null()).then(pl.concat_list(entry)).otherwise(None).cast(schema.JUDGED_SCHEMA[VERDICTS]).alias(VERDICTS)
     )

@@ -26,7 +26,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 GRADES = ("difficulty", "style")
 #: The value domain of an ordinal grade (every score the rubric allows).
@@ -38,8 +37,13 @@ UNRELIABLE_BELOW = 0.4
 DISAGREEMENT_GAP = 2
 BOOTSTRAP_RESAMPLES = 500
 BOOTSTRAP_SEED = 0
-#: The struct of one verdict in ``judge_verdicts``.
-VERDICT_STRUCT = pl.Struct({"judge": pl.String, "sample": pl.Int64, "difficulty": pl.Int64, "style": pl.Int64})
+
+
+def lower_median(values: Sequence[float]) -> float:
+    """The lower median: an observed grade, never a half point (a row's grade from its verdicts,
+    and each judge's rater value across a panel)."""
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def ordinal_alpha(table: np.ndarray) -> float | None:
@@ -94,9 +98,9 @@ def _tables(verdicts: Sequence[Sequence[Mapping[str, Any]]], grade: str) -> tupl
         across = np.full((len(verdicts), len(judges)), np.nan)
         for j, judge in enumerate(judges):
             for i, row in enumerate(within[judge]):
-                seen = sorted(x for x in row if not np.isnan(x))
+                seen = [x for x in row if not np.isnan(x)]
                 if seen:
-                    across[i, j] = seen[(len(seen) - 1) // 2]
+                    across[i, j] = lower_median(seen)
     return within, across, judges
 
 
@@ -127,17 +131,17 @@ def reliability_report(verdicts: Sequence[Sequence[Mapping[str, Any]]]) -> dict[
     multi = [row for row in verdicts if len(row) >= 2]
     if not multi:
         return None
-    report: dict[str, Any] = {"rows_measured": len(multi), "grades": {}, "halo": {}}
+    judges = sorted({v["judge"] for row in multi for v in row})
+    report: dict[str, Any] = {"rows_measured": len(multi), "judges": judges, "grades": {}, "halo": {}}
     for grade in GRADES:
-        within, across, judges = _tables(multi, grade)
+        within, across, _ = _tables(multi, grade)
         spread = [max(v[grade] for v in row) - min(v[grade] for v in row) for row in multi if all(v.get(grade) is not None for v in row)]
         report["grades"][grade] = {
             "within": {judge: _alpha_entry(table) for judge, table in within.items() if table.shape[1] >= 2},
             "across": _alpha_entry(across) if across is not None else None,
             "disagreement_share": round(sum(s > DISAGREEMENT_GAP for s in spread) / len(spread), 4) if spread else None,
         }
-        report["judges"] = judges
-    for judge in report["judges"]:
+    for judge in judges:
         pairs = [(v["difficulty"], v["style"]) for row in multi for v in row if v["judge"] == judge and v["sample"] == 0]
         report["halo"][judge] = _pearson([p[0] for p in pairs], [p[1] for p in pairs])
     return report

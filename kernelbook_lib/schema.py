@@ -80,6 +80,9 @@ INTERNAL_COLUMNS: tuple[str, ...] = (ROW, SOURCE_SPLIT, MODULE_NAME, PYTHON_CODE
 
 # --- columns every judged output row carries, after the source columns -------------------
 
+#: One verdict of a row (``judge_verdicts``): which judge, which of its samples, the two grades.
+JUDGE_VERDICT = pl.Struct({"judge": pl.String, "sample": pl.Int64, "difficulty": pl.Int64, "style": pl.Int64})
+
 JUDGED_SCHEMA: dict[str, pl.DataType] = {
     "problem_id": pl.String(),
     "family_id": pl.String(),  # the near-duplicate family: the smallest problem_id among its members
@@ -96,7 +99,7 @@ JUDGED_SCHEMA: dict[str, pl.DataType] = {
     "judge_completion_tokens": pl.Int64(),  # null for the static judge
     # Every verdict of the row (kernelbook_lib.judge_panel): one for a one-verdict judge, more with
     # --judge-samples or a --judge-model panel; difficulty and style are their lower median.
-    "judge_verdicts": pl.List(pl.Struct({"judge": pl.String, "sample": pl.Int64, "difficulty": pl.Int64, "style": pl.Int64})),
+    "judge_verdicts": pl.List(JUDGE_VERDICT),
     "score": pl.Float64(),  # reward * difficulty * style
 }
 
